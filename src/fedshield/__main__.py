@@ -1,0 +1,5 @@
+"""``python -m fedshield``: the same as the ``fedshield`` command."""
+
+from fedshield.cli import main
+
+main()

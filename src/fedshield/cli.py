@@ -1,0 +1,519 @@
+"""The ``fedshield`` command line (typer + rich).
+
+Every command turns fedshield errors into one message, a hint and the error's exit code
+(see :mod:`fedshield.errors`); no user ever sees a traceback. ``FEDSHIELD_DEBUG=1`` shows
+the traceback of an unexpected error for bug reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedshield.config import FederationConfig, load_config, parse_config
+from fedshield.errors import ConfigError, FedshieldError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="fedshield",
+    help="Secure cross-silo federated learning.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(
+    help="Inspect, export and roll back committed model versions.", no_args_is_help=True
+)
+app.add_typer(models_app, name="models")
+
+_out = Console(highlight=False)
+_err = Console(stderr=True, highlight=False)
+
+JsonOpt = Annotated[
+    str | None,
+    typer.Option("--json", help="Write a machine-readable summary to PATH ('-' for stdout)."),
+]
+WorkdirOpt = Annotated[Path, typer.Option("--workdir", help="Coordinator working directory.")]
+
+
+def _console(json_path: str | None) -> Console:
+    # With --json - the summary owns stdout; human progress goes to stderr.
+    return _err if json_path == "-" else _out
+
+
+def _emit_json(json_path: str | None, summary: dict[str, Any]) -> None:
+    if json_path is None:
+        return
+    text = json.dumps(summary, indent=2, sort_keys=True)
+    if json_path == "-":
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    else:
+        Path(json_path).write_text(text + "\n", encoding="utf-8")
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _round_line(entry: dict[str, Any], total: int) -> str:
+    metrics = entry.get("metrics", {})
+    kind = entry.get("kind", "fit")
+    answered = len(entry.get("answered", []))
+    asked = answered + len(entry.get("dropped", []))
+    elapsed = entry.get("elapsed_s")
+    tail = f"  elapsed {elapsed:.1f}s" if elapsed is not None else ""
+    if entry.get("status") not in ("committed", "done"):
+        return (
+            f"round {entry['round']:>3}  attempt {entry.get('attempt', 1)}  "
+            f"[yellow]{entry.get('status')}[/]: {entry.get('reason')}"
+        )
+    if kind == "evaluate":
+        return (
+            f"final evaluation  participants {answered}/{asked}  "
+            f"accuracy {_fmt(metrics.get('accuracy'))}{tail}"
+        )
+    accuracy = metrics.get("server_accuracy", metrics.get("eval_accuracy"))
+    return (
+        f"round {entry['round']:>3}/{total}  participants {answered}/{asked}  "
+        f"loss {_fmt(metrics.get('train_loss'))}  accuracy {_fmt(accuracy)}{tail}"
+    )
+
+
+def _load(config: Path | None, *, participants: int | None, rounds: int | None) -> FederationConfig:
+    cfg = load_config(config) if config is not None else parse_config({}, source="defaults")
+    if participants is not None:
+        cfg = cfg.with_participants(participants)
+    if rounds is not None:
+        if rounds < 1:
+            raise ConfigError(f"--rounds must be >= 1, got {rounds}")
+        cfg = cfg.model_copy(update={"rounds": cfg.rounds.model_copy(update={"count": rounds})})
+    return cfg
+
+
+def _summary_table(console: Console, summary: dict[str, Any]) -> None:
+    table = Table(title="fedshield summary", show_header=False)
+    for key in (
+        "federation",
+        "rounds_completed",
+        "final_accuracy",
+        "model_version",
+        "model_sha3",
+        "participants",
+        "transport",
+        "wall_s",
+        "workdir",
+    ):
+        if key in summary:
+            table.add_row(key, str(summary[key]))
+    per = summary.get("per_participant_accuracy") or {}
+    if per:
+        table.add_row(
+            "per-participant accuracy", ", ".join(f"{k} {v:.3f}" for k, v in sorted(per.items()))
+        )
+    console.print(table)
+
+
+# -- demo and simulate -------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Fresh working directory.")] = Path(
+        "fedshield-demo"
+    ),
+    config: Annotated[Path | None, typer.Option(help="Federation TOML (default: digits).")] = None,
+    participants: Annotated[int | None, typer.Option(help="Number of participants.")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Number of rounds.")] = None,
+    json_path: JsonOpt = None,
+) -> None:
+    """Run a whole secure federation on this machine: one process per organization."""
+    from fedshield.federation.launcher import run_demo
+
+    cfg = _load(config, participants=participants, rounds=rounds)
+    cfg = cfg.model_copy(update={"coordinator": cfg.coordinator.model_copy(update={"port": 0})})
+    console = _console(json_path)
+    names = cfg.participants.resolved_names()
+    console.print(
+        f"[bold]fedshield demo[/]: {len(names)} participants, {cfg.rounds.count} rounds, "
+        f"task {cfg.task.name!r}, mutual TLS 1.3 on {cfg.coordinator.host}"
+    )
+    base_dir = config.parent if config is not None else Path.cwd()
+    result = run_demo(
+        cfg,
+        workdir=workdir.resolve(),
+        base_dir=base_dir,
+        on_round=lambda e: console.print(_round_line(e, cfg.rounds.count)),
+    )
+    _summary_table(console, result.summary)
+    _emit_json(json_path, result.summary)
+
+
+@app.command()
+def simulate(
+    config: Annotated[Path, typer.Argument(help="Federation TOML file.")],
+    participants: Annotated[
+        int | None, typer.Option(help="Override the participant count.")
+    ] = None,
+    rounds: Annotated[int | None, typer.Option(help="Override the number of rounds.")] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="Where to keep the model registry (default: a temporary directory)."),
+    ] = None,
+    json_path: JsonOpt = None,
+) -> None:
+    """Run the same round logic in one process, without a network."""
+    import tempfile
+
+    from fedshield.federation.coordinator import Committed
+    from fedshield.federation.round import RoundEvaluated, RoundRetried
+    from fedshield.federation.simulation import run_simulation
+
+    cfg = _load(config, participants=participants, rounds=rounds)
+    console = _console(json_path)
+
+    def report(event: object) -> None:
+        if isinstance(event, Committed):
+            console.print(
+                _round_line(
+                    {
+                        "round": event.round,
+                        "status": "committed",
+                        "answered": event.answered,
+                        "dropped": event.dropped,
+                        "metrics": event.metrics,
+                        "elapsed_s": event.elapsed_s,
+                    },
+                    cfg.rounds.count,
+                )
+            )
+        elif isinstance(event, RoundEvaluated):
+            console.print(
+                _round_line(
+                    {
+                        "round": event.round,
+                        "kind": "evaluate",
+                        "status": "done",
+                        "answered": event.answered,
+                        "dropped": event.dropped,
+                        "metrics": event.metrics,
+                    },
+                    cfg.rounds.count,
+                )
+            )
+        elif isinstance(event, RoundRetried):
+            console.print(f"round {event.round}: retrying ({event.reason})")
+
+    with tempfile.TemporaryDirectory(prefix="fedshield-sim-") as tmp:
+        target = workdir.resolve() if workdir is not None else Path(tmp)
+        result = run_simulation(cfg, workdir=target, base_dir=config.parent, on_report=report)
+    summary = {
+        "federation": cfg.federation.name,
+        "rounds_completed": result.rounds_completed,
+        "final_accuracy": None
+        if result.final_accuracy is None
+        else round(result.final_accuracy, 4),
+        "per_participant_accuracy": {
+            k: round(v, 4) for k, v in result.per_participant_accuracy.items()
+        },
+        "model_version": result.model_version,
+        "model_sha3": result.model_sha3,
+        "participants": result.participants,
+        "wall_s": round(result.wall_s, 3),
+        "transport": "in-process",
+    }
+    _summary_table(console, {k: v for k, v in summary.items() if k != "per_participant_accuracy"})
+    _emit_json(json_path, summary)
+
+
+# -- a real multi-organization setup --------------------------------------------------------
+
+
+@app.command()
+def provision(
+    config: Annotated[Path, typer.Argument(help="Federation TOML file.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the CA and the kits.")],
+    coordinator_url: Annotated[str | None, typer.Option(help="URL participants will use.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing federation in OUT.")] = False,
+) -> None:
+    """Create the federation CA, the coordinator kit and one kit per organization."""
+    from fedshield.federation.coordinator import utcnow
+    from fedshield.federation.kits import provision_federation
+
+    cfg = load_config(config)
+    result = provision_federation(
+        cfg,
+        out_dir=out,
+        base_dir=config.parent,
+        coordinator_url=coordinator_url,
+        now=utcnow(),
+        overwrite=force,
+    )
+    _out.print(f"federation CA     {result.ca_cert_path}")
+    _out.print(f"coordinator kit   {result.coordinator_dir}")
+    _out.print(f"admin kit         {result.admin_dir}")
+    for name, path in result.participant_dirs.items():
+        _out.print(f"participant kit   {path}  ({name})")
+    _out.print("Give each organization its own kit folder; keep ca/ca.key offline.")
+
+
+@app.command()
+def coordinator(
+    config: Annotated[Path, typer.Option(help="Federation TOML file.")],
+    kit: Annotated[Path, typer.Option(help="The coordinator kit from `fedshield provision`.")],
+    workdir: WorkdirOpt = Path("fedshield-coordinator"),
+    host: Annotated[str | None, typer.Option(help="Listen address (default from config).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port; 0 picks a free one.")] = None,
+    ready_file: Annotated[
+        Path | None, typer.Option(help="Write the bound port here once listening.")
+    ] = None,
+) -> None:
+    """Run the coordinator service (HTTPS, client certificates required)."""
+    from fedshield.federation.coordinator import Committed, Coordinator, utcnow
+    from fedshield.federation.service import CoordinatorService
+    from fedshield.identity import Kit, server_ssl_context
+    from fedshield.transport.server import serve
+
+    cfg = load_config(config)
+    kit_obj = Kit.load(kit)
+    if kit_obj.role != "coordinator":
+        raise ConfigError(f"--kit {kit} is a {kit_obj.role} kit; the coordinator needs its own")
+    if kit_obj.federation != cfg.federation.name:
+        raise ConfigError(
+            f"--kit belongs to federation {kit_obj.federation!r}, the config is "
+            f"for {cfg.federation.name!r}"
+        )
+    core = Coordinator(cfg, workdir=workdir, base_dir=config.parent, now=utcnow())
+    if core.resumed_from is not None:
+        _out.print(
+            f"resuming from model version {core.resumed_from} "
+            f"after {core.machine.completed_rounds} committed rounds"
+        )
+    total = cfg.rounds.count
+
+    def report(event: object) -> None:
+        if isinstance(event, Committed):
+            _out.print(
+                _round_line(
+                    {
+                        "round": event.round,
+                        "status": "committed",
+                        "answered": event.answered,
+                        "dropped": event.dropped,
+                        "metrics": event.metrics,
+                        "elapsed_s": event.elapsed_s,
+                    },
+                    total,
+                )
+            )
+
+    service = CoordinatorService(core, config=cfg, on_report=report)
+    bind_host = host or cfg.coordinator.host
+    bind_port = cfg.coordinator.port if port is None else port
+    sock = _bind(bind_host, bind_port)
+    bound = sock.getsockname()[1]
+    _out.print(
+        f"coordinator for {cfg.federation.name!r} listening on https://{bind_host}:{bound} "
+        "(TLS 1.3, client certificates required)"
+    )
+    if ready_file is not None:
+        tmp = ready_file.with_suffix(".tmp")
+        tmp.write_text(str(bound))
+        tmp.replace(ready_file)
+    try:
+        serve(service, ssl_context=server_ssl_context(kit_obj), sock=sock)
+    finally:
+        sock.close()
+        core.close()
+    if core.machine.failure:
+        raise FedshieldError(core.machine.failure)
+    _out.print(
+        f"federation {service.end.kind if service.end else 'stopped'}; "
+        f"head is model version {core.machine.head.version}"
+    )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror}",
+            hint="Pick another --port, or stop what is using it.",
+        ) from exc
+    sock.listen(128)
+    sock.set_inheritable(False)
+    return sock
+
+
+@app.command()
+def participant(
+    kit: Annotated[Path, typer.Option(help="This organization's kit folder.")],
+    coordinator_url: Annotated[
+        str | None, typer.Option("--coordinator", help="Override the coordinator URL.")
+    ] = None,
+) -> None:
+    """Take part in a federation: pull work, train locally, push updates."""
+    from fedshield.federation.agent import load_participant_file, run_agent
+    from fedshield.identity import Kit
+
+    kit_obj = Kit.load(kit)
+    settings = load_participant_file(kit)
+    _out.print(
+        f"participant {kit_obj.name!r} of {kit_obj.federation!r}: "
+        f"connecting to {coordinator_url or settings.participant.coordinator}"
+    )
+    result = run_agent(
+        kit_obj,
+        settings,
+        coordinator_url=coordinator_url,
+        on_message=lambda m: _out.print(f"{kit_obj.name}: {m}"),
+    )
+    _out.print(f"{kit_obj.name}: done ({result.end}); trained {result.rounds_trained} rounds")
+
+
+# -- models ---------------------------------------------------------------------------------
+
+
+def _registry(workdir: Path) -> Any:
+    from fedshield.storage import BlobStore, Database, ModelRegistry
+
+    if not (workdir / "fedshield.db").exists():
+        raise ConfigError(
+            f"{workdir} holds no fedshield database",
+            hint="Pass the coordinator's --workdir (for the demo: fedshield-demo/coordinator).",
+        )
+    return ModelRegistry(Database.for_workdir(workdir), BlobStore(workdir / "models"))
+
+
+@models_app.command("list")
+def models_list(
+    workdir: WorkdirOpt = Path("fedshield-coordinator"), json_path: JsonOpt = None
+) -> None:
+    """List committed model versions; the head is marked."""
+    registry = _registry(workdir)
+    head = registry.head()
+    versions = registry.list()
+    rows = [
+        {
+            "version": v.version,
+            "parent": v.parent,
+            "round": v.round,
+            "sha3": v.sha3,
+            "created_at": v.created_at.isoformat(),
+            "metrics": v.metrics,
+            "head": head is not None and v.version == head.version,
+        }
+        for v in versions
+    ]
+    if json_path is not None:
+        _emit_json(json_path, {"versions": rows})
+        return
+    table = Table("version", "parent", "round", "sha3", "accuracy", "created", "")
+    for r in rows:
+        table.add_row(
+            str(r["version"]),
+            str(r["parent"]),
+            str(r["round"]),
+            r["sha3"][:16],
+            _fmt(r["metrics"].get("server_accuracy")),
+            r["created_at"][:19],
+            "[bold]head[/]" if r["head"] else "",
+        )
+    _out.print(table)
+
+
+@models_app.command("show")
+def models_show(version: int, workdir: WorkdirOpt = Path("fedshield-coordinator")) -> None:
+    """Show one model version in full."""
+    registry = _registry(workdir)
+    v = registry.get(version)
+    _out.print_json(
+        json.dumps(
+            {
+                "version": v.version,
+                "parent": v.parent,
+                "round": v.round,
+                "sha3": v.sha3,
+                "num_parameters": v.num_parameters,
+                "metrics": v.metrics,
+                "created_at": v.created_at.isoformat(),
+                "note": v.note,
+            }
+        )
+    )
+
+
+@models_app.command("export")
+def models_export(
+    version: int,
+    out: Annotated[Path, typer.Option("--out", help="File or directory to write.")],
+    workdir: WorkdirOpt = Path("fedshield-coordinator"),
+) -> None:
+    """Export a model version as safetensors (plus a JSON sidecar)."""
+    path = _registry(workdir).export(version, out)
+    _out.print(f"exported model version {version} to {path}")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    version: int,
+    reason: Annotated[str, typer.Option(help="Why; recorded with the rollback.")],
+    workdir: WorkdirOpt = Path("fedshield-coordinator"),
+) -> None:
+    """Make an earlier version the head that the next round starts from."""
+    from fedshield.federation.coordinator import utcnow
+
+    v = _registry(workdir).rollback(
+        version, actor=f"cli:{os.environ.get('USER', 'admin')}", reason=reason, now=utcnow()
+    )
+    _out.print(
+        f"head is now model version {v.version} ({v.sha3[:16]}); the next round starts from it"
+    )
+
+
+# -- entry point ----------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; translate errors into a message and an exit code."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="fedshield", standalone_mode=False)
+    except FedshieldError as exc:
+        _err.print(f"[bold red]error:[/] {exc.message}", markup=True, soft_wrap=True)
+        if exc.hint:
+            _err.print(f"[dim]hint:[/] {exc.hint}", soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        _err.print("interrupted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        _err.print("interrupted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if os.environ.get("FEDSHIELD_DEBUG"):
+            raise
+        _err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}", soft_wrap=True)
+        _err.print(
+            "[dim]hint:[/] this is a bug; rerun with FEDSHIELD_DEBUG=1 and report the traceback."
+        )
+        sys.exit(70)
+    sys.exit(code if isinstance(code, int) else 0)

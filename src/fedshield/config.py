@@ -1,0 +1,263 @@
+"""Typed federation configuration, loaded from TOML.
+
+A federation file has one table per concern; every key is optional except where noted
+and unknown keys are errors (a typo must not silently fall back to a default)::
+
+    [federation]   name, seed
+    [task]         name, algorithm, proximal_mu, local_epochs, learning_rate, momentum,
+                   batch_size
+    [data]         dataset, partition, dirichlet_alpha, shards_per_partition,
+                   test_fraction, server_test_fraction, csv_dir, server_csv, label_column
+    [participants] count, name_prefix, names
+    [rounds]       count, fraction, per_round, min_participants, min_available, fit_timeout_s,
+                   evaluate_timeout_s, join_timeout_s, max_retries, final_evaluation
+    [server]       optimizer, learning_rate
+    [coordinator]  host, port, hosts, long_poll_s
+    [transport]    max_payload_bytes, request_timeout_s, max_retries, backoff_base_s,
+                   backoff_max_s, reconnect_timeout_s
+
+Validation errors become :class:`~fedshield.errors.ConfigError` naming the key, the
+value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedshield.errors import ConfigError
+
+__all__ = [
+    "CoordinatorConfig",
+    "DataConfig",
+    "FederationConfig",
+    "FederationSection",
+    "ParticipantsConfig",
+    "RoundsConfig",
+    "ServerConfig",
+    "TaskConfig",
+    "TransportConfig",
+    "load_config",
+    "parse_config",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FederationSection(_Section):
+    """Identity of the federation and its master seed."""
+
+    name: str = "fedshield-demo"
+    seed: int = Field(default=7, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("must be 1-64 characters of letters, digits, '.', '_' or '-'")
+        return value
+
+
+class TaskConfig(_Section):
+    """What each participant trains, and how."""
+
+    name: str = "digits"
+    algorithm: Literal["fedavg", "fedprox"] = "fedavg"
+    proximal_mu: float = Field(default=0.0, ge=0.0)
+    local_epochs: int = Field(default=3, ge=1, le=1000)
+    learning_rate: float = Field(default=0.05, gt=0.0, le=10.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    batch_size: int = Field(default=32, ge=1, le=65536)
+
+    @model_validator(mode="after")
+    def _check_prox(self) -> TaskConfig:
+        if self.algorithm == "fedprox" and self.proximal_mu <= 0:
+            raise ValueError("task.proximal_mu must be > 0 when task.algorithm = 'fedprox'")
+        if self.algorithm == "fedavg" and self.proximal_mu != 0:
+            raise ValueError("task.proximal_mu is only used with task.algorithm = 'fedprox'")
+        return self
+
+
+class DataConfig(_Section):
+    """Where each participant's data comes from and how built-in data is split."""
+
+    dataset: Literal["digits", "mnist", "breast_cancer", "csv"] = "digits"
+    partition: Literal["iid", "dirichlet", "shards"] = "dirichlet"
+    dirichlet_alpha: float = Field(default=0.5, gt=0.0)
+    shards_per_partition: int = Field(default=2, ge=1)
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    server_test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    csv_dir: str | None = None
+    server_csv: str | None = None
+    label_column: str = "target"
+
+    @model_validator(mode="after")
+    def _check_csv(self) -> DataConfig:
+        if self.dataset == "csv" and not self.csv_dir:
+            raise ValueError(
+                "data.csv_dir is required when data.dataset = 'csv' "
+                "(each participant reads <csv_dir>/<participant>.csv)"
+            )
+        return self
+
+
+class ParticipantsConfig(_Section):
+    """Which organizations take part."""
+
+    count: int = Field(default=5, ge=1, le=10_000)
+    name_prefix: str = "site"
+    names: tuple[str, ...] = ()
+
+    @field_validator("names")
+    @classmethod
+    def _check_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _NAME.match(name) or name in ("coordinator", "admin"):
+                raise ValueError(f"participant name {name!r} is not allowed")
+        if len(set(value)) != len(value):
+            raise ValueError("participant names must be unique")
+        return value
+
+    def resolved_names(self) -> tuple[str, ...]:
+        """Return the explicit names, or ``count`` names made from the prefix."""
+        if self.names:
+            return self.names
+        width = len(str(self.count))
+        return tuple(f"{self.name_prefix}-{i:0{width}d}" for i in range(1, self.count + 1))
+
+
+class RoundsConfig(_Section):
+    """How many rounds, who is selected, and the deadlines of each stage."""
+
+    count: int = Field(default=10, ge=1, le=100_000)
+    fraction: float = Field(default=1.0, gt=0.0, le=1.0)
+    per_round: int | None = Field(default=None, ge=1)
+    min_participants: int = Field(default=2, ge=1)
+    min_available: int | None = Field(default=None, ge=1)
+    fit_timeout_s: float = Field(default=120.0, gt=0.0)
+    evaluate_timeout_s: float = Field(default=60.0, gt=0.0)
+    join_timeout_s: float = Field(default=120.0, gt=0.0)
+    max_retries: int = Field(default=2, ge=0, le=100)
+    final_evaluation: bool = True
+
+
+class ServerConfig(_Section):
+    """The server-side optimizer applied to the aggregated update."""
+
+    optimizer: Literal["fedavg"] = "fedavg"
+    learning_rate: float = Field(default=1.0, gt=0.0, le=100.0)
+
+
+class CoordinatorConfig(_Section):
+    """Where the coordinator listens and under which names it is reached."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8443, ge=0, le=65535)
+    hosts: tuple[str, ...] = ()
+    long_poll_s: float = Field(default=20.0, gt=0.0, le=300.0)
+
+
+class TransportConfig(_Section):
+    """Limits, timeouts and retry policy of the HTTPS transport."""
+
+    max_payload_bytes: int = Field(default=256 * 2**20, ge=1024)
+    request_timeout_s: float = Field(default=60.0, gt=0.0)
+    max_retries: int = Field(default=6, ge=0, le=100)
+    backoff_base_s: float = Field(default=0.25, gt=0.0)
+    backoff_max_s: float = Field(default=10.0, gt=0.0)
+    reconnect_timeout_s: float = Field(default=300.0, gt=0.0)
+
+
+class FederationConfig(_Section):
+    """The whole federation file."""
+
+    federation: FederationSection = FederationSection()
+    task: TaskConfig = TaskConfig()
+    data: DataConfig = DataConfig()
+    participants: ParticipantsConfig = ParticipantsConfig()
+    rounds: RoundsConfig = RoundsConfig()
+    server: ServerConfig = ServerConfig()
+    coordinator: CoordinatorConfig = CoordinatorConfig()
+    transport: TransportConfig = TransportConfig()
+
+    @model_validator(mode="after")
+    def _check_counts(self) -> FederationConfig:
+        n = len(self.participants.resolved_names())
+        if self.rounds.min_participants > n:
+            raise ValueError(
+                f"rounds.min_participants is {self.rounds.min_participants} but the "
+                f"federation has only {n} participants"
+            )
+        if self.rounds.min_available is not None and self.rounds.min_available > n:
+            raise ValueError(
+                f"rounds.min_available is {self.rounds.min_available} but the federation "
+                f"has only {n} participants"
+            )
+        if self.rounds.per_round is not None and self.rounds.per_round > n:
+            raise ValueError(
+                f"rounds.per_round is {self.rounds.per_round} but the federation has only "
+                f"{n} participants"
+            )
+        return self
+
+    def with_participants(self, count: int) -> FederationConfig:
+        """Return a copy with ``count`` generated participant names."""
+        if count < 1:
+            raise ConfigError(f"--participants must be >= 1, got {count}")
+        participants = self.participants.model_copy(update={"count": count, "names": ()})
+        rounds = self.rounds
+        if rounds.min_participants > count:
+            rounds = rounds.model_copy(update={"min_participants": count})
+        if rounds.per_round is not None and rounds.per_round > count:
+            rounds = rounds.model_copy(update={"per_round": count})
+        if rounds.min_available is not None and rounds.min_available != count:
+            rounds = rounds.model_copy(update={"min_available": min(rounds.min_available, count)})
+        return self.model_copy(update={"participants": participants, "rounds": rounds})
+
+    def expected_selection(self, available: int) -> int:
+        """Return how many of ``available`` participants a round selects."""
+        wanted = self.rounds.per_round or math.ceil(self.rounds.fraction * available)
+        return min(available, max(wanted, self.rounds.min_participants))
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in error.get("loc", ()))
+    msg = str(error.get("msg", "invalid"))
+    if error.get("type") == "extra_forbidden":
+        return f"{loc}: unknown key (check the spelling; see examples/digits.toml)"
+    if "input" in error and error.get("type") != "missing" and not isinstance(error["input"], dict):
+        return f"{loc or 'config'}: {msg} (got {error['input']!r})"
+    return f"{loc or 'config'}: {msg}"
+
+
+def parse_config(data: dict[str, Any], *, source: str = "config") -> FederationConfig:
+    """Validate a parsed TOML document into a :class:`FederationConfig`."""
+    try:
+        return FederationConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())  # type: ignore[arg-type]
+        raise ConfigError(f"{source}: {problems}") from exc
+
+
+def load_config(path: Path) -> FederationConfig:
+    """Read and validate a federation TOML file."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    return parse_config(data, source=str(path))

@@ -1,0 +1,107 @@
+"""The fedshield error tree.
+
+Every error a user can cause derives from :class:`FedshieldError`, carries a one-line
+message that names what was wrong, a hint that says how to fix it, and the exit code the
+CLI returns for it. Third-party exceptions are translated into this tree at one boundary
+(``raise ... from exc``) so that the CLI never shows a traceback::
+
+    FedshieldError                exit 1
+    ├── ConfigError               exit 2   bad TOML, bad key, bad value, bad CLI argument
+    ├── IdentityError             exit 3   missing or invalid certificate, key or kit
+    ├── StorageError              exit 4   database or blob store unusable
+    │   └── NotFoundError         exit 4   no such model version / round / participant
+    ├── PayloadError              exit 5   a tensor payload with wrong names, shapes, dtype,
+    │                                      NaN/Inf or over the size limit
+    ├── ProtocolError             exit 6   a message for the wrong round, stage or role
+    ├── TransportError            exit 7   the coordinator could not be reached or refused us
+    ├── RoundFailedError          exit 8   a round failed after its retries (reason recorded)
+    └── TaskError                 exit 9   a user task could not be imported or misbehaved
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "FedshieldError",
+    "IdentityError",
+    "NotFoundError",
+    "PayloadError",
+    "ProtocolError",
+    "RoundFailedError",
+    "StorageError",
+    "TaskError",
+    "TransportError",
+]
+
+
+class FedshieldError(Exception):
+    """Base of every error fedshield raises on purpose."""
+
+    exit_code: int = 1
+    default_hint: str = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(FedshieldError):
+    """A configuration file or command-line argument is invalid."""
+
+    exit_code = 2
+    default_hint = "Fix the named key in the config file (see examples/digits.toml)."
+
+
+class IdentityError(FedshieldError):
+    """A certificate, private key or provisioning kit is missing or invalid."""
+
+    exit_code = 3
+    default_hint = "Run `fedshield provision CONFIG --out DIR` and use the kit it writes."
+
+
+class StorageError(FedshieldError):
+    """The database or the blob store cannot be used."""
+
+    exit_code = 4
+
+
+class NotFoundError(StorageError):
+    """A requested record (model version, round, participant) does not exist."""
+
+    default_hint = "List what exists with `fedshield models list --workdir DIR`."
+
+
+class PayloadError(FedshieldError):
+    """A tensor payload was malformed, non-finite, of the wrong shape or too large."""
+
+    exit_code = 5
+
+
+class ProtocolError(FedshieldError):
+    """A message arrived for the wrong federation, round, stage or role."""
+
+    exit_code = 6
+
+
+class TransportError(FedshieldError):
+    """The network peer could not be reached, or refused the request."""
+
+    exit_code = 7
+    default_hint = "Check the coordinator address and that it is running."
+
+
+class RoundFailedError(FedshieldError):
+    """A round could not complete after its retries; the reason is recorded."""
+
+    exit_code = 8
+
+
+class TaskError(FedshieldError):
+    """A training task could not be loaded or returned something unusable."""
+
+    exit_code = 9
+    default_hint = "A user task is `package.module:factory`; see docs/tasks.md."

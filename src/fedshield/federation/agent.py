@@ -1,0 +1,209 @@
+"""The participant agent: long-poll the coordinator, train or evaluate, push the result.
+
+A participant connects outbound only. It runs the task its own ``participant.toml``
+names (the coordinator cannot make a site run other code: a task message for another
+task is refused) on data only it can read. Hyperparameters come from the coordinator's
+task message, validated like the federation file.
+
+The agent survives a coordinator restart: its client keeps retrying with backoff until
+the coordinator is back (or ``reconnect_timeout_s`` passes), then it polls again.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fedshield.config import DataConfig, TransportConfig
+from fedshield.errors import ConfigError, ProtocolError, RoundFailedError, TaskError
+from fedshield.federation.coordinator import data_spec
+from fedshield.federation.participant import LocalTrainer, train_config_of
+from fedshield.identity import Kit, client_ssl_context
+from fedshield.tensors import Layout
+from fedshield.training.tasks import TaskContext, call_task, model_weights, resolve_task
+from fedshield.transport.client import CoordinatorClient, RejectedError
+from fedshield.transport.messages import EvaluationResult, FitMeta, TaskMessage
+
+__all__ = [
+    "AgentResult",
+    "ParticipantFile",
+    "ParticipantSection",
+    "load_participant_file",
+    "run_agent",
+]
+
+PARTICIPANT_FILE = "participant.toml"
+
+
+class ParticipantSection(BaseModel):
+    """Who this site is and what it runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    federation: str
+    coordinator: str = "https://127.0.0.1:8443"
+    task: str = "digits"
+    seed: int = Field(default=7, ge=0)
+    partition_index: int = Field(default=0, ge=0)
+    num_partitions: int = Field(default=1, ge=1)
+    long_poll_s: float = Field(default=20.0, gt=0, le=300)
+
+
+class ParticipantFile(BaseModel):
+    """The whole ``participant.toml`` of a kit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    participant: ParticipantSection
+    data: DataConfig = DataConfig()
+    transport: TransportConfig = TransportConfig()
+
+
+def load_participant_file(kit_dir: Path) -> ParticipantFile:
+    """Read and validate ``<kit_dir>/participant.toml``."""
+    path = kit_dir / PARTICIPANT_FILE
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"{path} does not exist", hint="Use a participant kit from `fedshield provision`."
+        ) from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    try:
+        return ParticipantFile.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path}: {loc}: {first['msg']}") from exc
+
+
+@dataclass(frozen=True)
+class AgentResult:
+    """How a participant's run ended."""
+
+    rounds_trained: int
+    rounds_evaluated: int
+    end: str
+
+
+def run_agent(
+    kit: Kit,
+    settings: ParticipantFile,
+    *,
+    coordinator_url: str | None = None,
+    on_message: Callable[[str], None] | None = None,
+    max_polls: int = 1_000_000,
+) -> AgentResult:
+    """Take part in the federation until the coordinator says it is over."""
+    say = on_message or (lambda _msg: None)
+    me = settings.participant
+    if kit.name != me.name or kit.role != "participant":
+        raise ConfigError(
+            f"kit certificate is for {kit.role} {kit.name!r} but participant.toml names {me.name!r}"
+        )
+    spec = data_spec(
+        settings.data, seed=me.seed, batch_size=32, participant=me.name, base_dir=kit.dir
+    )
+    factory = resolve_task(me.task)
+    ctx = TaskContext(
+        role="participant",
+        name=me.name,
+        partition_index=me.partition_index,
+        num_partitions=me.num_partitions,
+        data=spec,
+        seed=me.seed,
+    )
+    parts = call_task(factory, ctx)
+    layout = Layout.of(model_weights(parts.model))
+    transport = settings.transport
+    client = CoordinatorClient(
+        coordinator_url or me.coordinator,
+        ssl_context=client_ssl_context(kit),
+        timeout_s=transport.request_timeout_s,
+        max_retries=transport.max_retries,
+        backoff_base_s=transport.backoff_base_s,
+        backoff_max_s=transport.backoff_max_s,
+        reconnect_timeout_s=transport.reconnect_timeout_s,
+        max_payload_bytes=transport.max_payload_bytes,
+    )
+    trained = evaluated = 0
+    with client:
+        for _ in range(max_polls):
+            task = client.next_task(wait_s=me.long_poll_s)
+            if task is None:
+                continue
+            if task.federation != me.federation:
+                raise ProtocolError(
+                    f"coordinator speaks for federation {task.federation!r}, "
+                    f"this kit belongs to {me.federation!r}"
+                )
+            if task.kind == "finished":
+                say("federation finished")
+                return AgentResult(trained, evaluated, "finished")
+            if task.kind == "failed":
+                raise RoundFailedError(f"the coordinator reports: {task.reason}")
+            try:
+                if _work(client, parts, layout, task, me, say):
+                    trained += task.kind == "fit"
+                    evaluated += task.kind == "evaluate"
+            except RejectedError as exc:
+                # A round that closed under us (deadline, restart) is not our failure.
+                if exc.status != 409:
+                    raise
+                say(f"round {task.round}: result not accepted ({exc.message})")
+    raise TaskError(f"participant stopped after {max_polls} polls without the federation ending")
+
+
+def _work(
+    client: CoordinatorClient,
+    parts: object,
+    layout: Layout,
+    task: TaskMessage,
+    me: ParticipantSection,
+    say: Callable[[str], None],
+) -> bool:
+    assert task.round is not None and task.attempt is not None and task.model_sha3 is not None
+    if task.task is None or task.task.name != me.task:
+        got = task.task.name if task.task else None
+        raise ProtocolError(
+            f"coordinator asks for task {got!r} but this site runs {me.task!r}",
+            hint="A site only runs the task named in its own participant.toml.",
+        )
+    from fedshield.training.tasks import TaskParts
+
+    assert isinstance(parts, TaskParts)
+    weights = client.fetch_model(task.model_sha3, layout=layout)
+    trainer = LocalTrainer(
+        parts, config=train_config_of(task.task), seed=me.seed + me.partition_index
+    )
+    if task.kind == "fit":
+        outcome = trainer.fit(weights, round=task.round)
+        meta = FitMeta(
+            round=task.round,
+            attempt=task.attempt,
+            model_sha3=task.model_sha3,
+            num_examples=outcome.num_examples,
+            metrics=outcome.metrics,
+        )
+        client.push_update(meta, outcome.update)
+        say(
+            f"round {task.round}: trained on {outcome.num_examples} examples, "
+            f"loss {outcome.metrics['train_loss']:.4f}"
+        )
+        return True
+    count, metrics = trainer.evaluate(weights)
+    client.push_evaluation(
+        EvaluationResult(
+            round=task.round,
+            attempt=task.attempt,
+            model_sha3=task.model_sha3,
+            num_examples=count,
+            metrics=metrics,
+        )
+    )
+    say(f"final evaluation: accuracy {metrics['accuracy']:.4f} on {count} examples")
+    return True

@@ -1,0 +1,447 @@
+"""The coordinator: the round machine wired to the registry, the round log and evaluation.
+
+:class:`Coordinator` is the shell that both the in-process simulation and the networked
+service drive. It owns the side effects the pure :class:`RoundMachine` must not have:
+
+* on start it loads the registry head (or commits the initial model as version 0),
+  marks rounds left running by a crash as aborted and resumes after the last
+  committed round;
+* on a :class:`CommitRequest` it evaluates the new model on the server's test set (if
+  the task has one), commits it durably (blob fsynced, then one transaction) and only
+  then tells the machine, so a round is never reported done before its model is safe;
+* every round start and end is written to the round log.
+
+All methods are thread-safe: one lock serialises the machine and the database.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedshield.config import DataConfig, FederationConfig
+from fedshield.errors import ConfigError, PayloadError
+from fedshield.federation.round import (
+    Assignment,
+    CommitRequest,
+    Event,
+    FederationFailed,
+    FederationFinished,
+    ModelRef,
+    Phase,
+    RoundEvaluated,
+    RoundMachine,
+    RoundOpened,
+    RoundPolicy,
+    RoundRetried,
+)
+from fedshield.storage import BlobStore, Database, EventLog, ModelRegistry, RoundLog
+from fedshield.tensors import Layout, Weights
+from fedshield.training.datasets import DataSpec
+from fedshield.training.local import evaluate
+from fedshield.training.server_opt import make_server_optimizer
+from fedshield.training.tasks import (
+    TaskContext,
+    TaskParts,
+    call_task,
+    load_weights,
+    model_weights,
+    resolve_task,
+)
+
+__all__ = ["Committed", "Coordinator", "data_spec", "utcnow"]
+
+
+def utcnow() -> datetime:
+    """Return the current time as an aware UTC datetime (the shells' only clock)."""
+    return datetime.now(UTC)
+
+
+def data_spec(
+    data: DataConfig, *, seed: int, batch_size: int, participant: str | None, base_dir: Path
+) -> DataSpec:
+    """Build the training module's data spec for ``participant`` (None: the coordinator)."""
+    csv_path = None
+    server_csv = None
+    if data.dataset == "csv":
+        assert data.csv_dir is not None
+        root = (base_dir / data.csv_dir).resolve()
+        if participant is not None:
+            csv_path = str(root / f"{participant}.csv")
+    if data.server_csv:
+        server_csv = str((base_dir / data.server_csv).resolve())
+    return DataSpec(
+        dataset=data.dataset,
+        partition=data.partition,
+        dirichlet_alpha=data.dirichlet_alpha,
+        shards_per_partition=data.shards_per_partition,
+        test_fraction=data.test_fraction,
+        server_test_fraction=data.server_test_fraction,
+        csv_path=csv_path,
+        label_column=data.label_column,
+        server_csv_path=server_csv,
+        batch_size=batch_size,
+        seed=seed,
+    )
+
+
+@dataclass(frozen=True)
+class Committed:
+    """A fit round whose model is now durably stored."""
+
+    round: int
+    attempt: int
+    version: int
+    sha3: str
+    answered: tuple[str, ...]
+    dropped: tuple[str, ...]
+    rejected: Mapping[str, str]
+    metrics: Mapping[str, float]
+    elapsed_s: float
+
+
+Report = Event | Committed
+
+
+@dataclass
+class _Timing:
+    opened_at: float = 0.0
+    aggregate_s: list[float] = field(default_factory=list)
+
+
+class Coordinator:
+    """Round orchestration with persistence, for one federation in one workdir."""
+
+    def __init__(
+        self,
+        config: FederationConfig,
+        *,
+        workdir: Path,
+        base_dir: Path,
+        now: datetime,
+        rng: np.random.Generator | None = None,
+        actor: str = "coordinator",
+    ) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.actor = actor
+        self._lock = threading.RLock()
+        self.db = Database.for_workdir(workdir)
+        self.registry = ModelRegistry(self.db, BlobStore(workdir / "models"))
+        self.rounds = RoundLog(self.db)
+        self.events = EventLog(self.db)
+        self.names = config.participants.resolved_names()
+        self._timing = _Timing()
+        spec = data_spec(
+            config.data,
+            seed=config.federation.seed,
+            batch_size=config.task.batch_size,
+            participant=None,
+            base_dir=base_dir,
+        )
+        ctx = TaskContext(
+            role="coordinator",
+            name=actor,
+            partition_index=0,
+            num_partitions=len(self.names),
+            data=spec,
+            seed=config.federation.seed,
+        )
+        self.parts: TaskParts = call_task(resolve_task(config.task.name), ctx)
+        head = self.registry.head()
+        if head is None:
+            weights = model_weights(self.parts.model)
+            head = self.registry.commit(
+                weights,
+                parent=None,
+                round=None,
+                metrics=self._server_metrics(weights),
+                now=now,
+                actor=actor,
+                note="initial model",
+            )
+        else:
+            weights = self.registry.load(head.version)
+            try:
+                load_weights(self.parts.model, weights)
+            except PayloadError as exc:
+                raise ConfigError(
+                    f"workdir {workdir} holds a model that does not fit task "
+                    f"{config.task.name!r}: {exc.message}",
+                    hint="Use a fresh --workdir for a different task.",
+                ) from exc
+        self._head_weights = weights
+        aborted = self.rounds.abort_running(reason="coordinator restarted", now=now)
+        completed = self.rounds.last_completed_number()
+        evaluated = any(r.kind == "evaluate" and r.status == "done" for r in self.rounds.list())
+        self.events.record(
+            actor=actor,
+            action="coordinator.start",
+            resource=config.federation.name,
+            outcome="ok",
+            details={"head": head.version, "completed_rounds": completed, "aborted": aborted},
+            now=now,
+        )
+        self.resumed_from = head.version if completed or aborted else None
+        self.machine = RoundMachine(
+            federation=config.federation.name,
+            policy=RoundPolicy.from_config(config.rounds),
+            head=ModelRef(head.version, head.sha3),
+            head_weights=weights,
+            completed_rounds=completed,
+            optimizer=make_server_optimizer(
+                config.server.optimizer, learning_rate=config.server.learning_rate
+            ),
+            rng=rng if rng is not None else np.random.default_rng(),
+            evaluated=evaluated,
+        )
+        self._row_id: int | None = None
+
+    # -- reads -------------------------------------------------------------------------
+
+    @property
+    def layout(self) -> Layout:
+        """Names and shapes every update must have."""
+        return self.machine.layout
+
+    def head_weights(self) -> tuple[ModelRef, Weights]:
+        """Return the model the current round distributes, with its reference."""
+        with self._lock:
+            return self.machine.head, self._head_weights
+
+    def weights_for(self, sha3: str) -> Weights | None:
+        """Return the weights with hash ``sha3`` if they are the distributed model."""
+        with self._lock:
+            if sha3 == self.machine.head.sha3:
+                return self._head_weights
+        return None
+
+    def assignment_for(self, participant: str, now: datetime) -> Assignment | None:
+        """Return the open round's task for ``participant``, if any."""
+        with self._lock:
+            return self.machine.assignment_for(participant, now)
+
+    @property
+    def phase(self) -> Phase:
+        """The machine's phase."""
+        return self.machine.phase
+
+    # -- writes ------------------------------------------------------------------------
+
+    def submit_fit(self, participant: str, **kwargs: Any) -> None:
+        """Forward a fit result to the machine (see :meth:`RoundMachine.submit_fit`)."""
+        with self._lock:
+            self.machine.submit_fit(participant, **kwargs)
+
+    def submit_evaluation(self, participant: str, **kwargs: Any) -> None:
+        """Forward an evaluation result (see :meth:`RoundMachine.submit_evaluation`)."""
+        with self._lock:
+            self.machine.submit_evaluation(participant, **kwargs)
+
+    def reject(self, participant: str, reason: str) -> None:
+        """Record a refused payload for the open round."""
+        with self._lock:
+            self.machine.reject(participant, reason)
+
+    def step(self, now: datetime, available: Collection[str]) -> list[Report]:
+        """Advance the machine and carry out the side effects of what happened."""
+        with self._lock:
+            if self.machine.phase is Phase.WAITING:
+                self._follow_rollback()
+            reports: list[Report] = []
+            for event in self.machine.tick(now, available):
+                reports.extend(self._handle(event, now))
+            return reports
+
+    def _follow_rollback(self) -> None:
+        head = self.registry.head()
+        if head is not None and head.sha3 != self.machine.head.sha3:
+            weights = self.registry.load(head.version)
+            self.machine.set_head(ModelRef(head.version, head.sha3), weights)
+            self._head_weights = weights
+
+    def _server_metrics(self, weights: Weights) -> dict[str, float]:
+        if self.parts.test_loader is None:
+            return {}
+        load_weights(self.parts.model, weights)
+        result = evaluate(self.parts.model, self.parts.test_loader)
+        return {"server_accuracy": result.accuracy, "server_loss": result.loss}
+
+    def _handle(self, event: Event, now: datetime) -> list[Report]:
+        if isinstance(event, RoundOpened):
+            self._timing.opened_at = time.perf_counter()
+            self._row_id = self.rounds.start(
+                number=event.round,
+                attempt=event.attempt,
+                kind=event.kind,
+                base_version=event.model.version,
+                selected=event.selected,
+                now=now,
+            )
+            return [event]
+        if isinstance(event, CommitRequest):
+            return [self._commit(event, now)]
+        if isinstance(event, RoundEvaluated):
+            per = {f"{p}.{k}": v for p, m in event.per_participant.items() for k, v in m.items()}
+            self._finish(
+                "done",
+                answered=event.answered,
+                dropped=event.dropped,
+                reason=None,
+                version=event.model.version,
+                metrics={**event.metrics, **per},
+                now=now,
+            )
+            return [event]
+        if isinstance(event, RoundRetried | FederationFailed):
+            status = "failed"
+            self._finish(
+                status,
+                answered=event.answered,
+                dropped=event.dropped,
+                reason=event.reason,
+                version=None,
+                metrics={},
+                now=now,
+            )
+            self.events.record(
+                actor=self.actor,
+                action=f"round.{'retry' if isinstance(event, RoundRetried) else 'fail'}",
+                resource=f"round/{event.round}",
+                outcome="failed",
+                details={"attempt": event.attempt, "reason": event.reason},
+                now=now,
+            )
+            return [event]
+        if isinstance(event, FederationFinished):
+            self.events.record(
+                actor=self.actor,
+                action="federation.finish",
+                resource=self.config.federation.name,
+                outcome="ok",
+                details={"model_version": event.model.version},
+                now=now,
+            )
+            return [event]
+        raise AssertionError(f"unhandled event {event!r}")
+
+    def _finish(
+        self,
+        status: str,
+        *,
+        answered: tuple[str, ...],
+        dropped: tuple[str, ...],
+        reason: str | None,
+        version: int | None,
+        metrics: Mapping[str, float],
+        now: datetime,
+    ) -> None:
+        if self._row_id is None:
+            # A round that never opened (too few participants joined): log it anyway.
+            current = self.machine.current
+            number = current[0] if current else self.machine.completed_rounds + 1
+            self._row_id = self.rounds.start(
+                number=number,
+                attempt=1,
+                kind="fit",
+                base_version=self.machine.head.version,
+                selected=(),
+                now=now,
+            )
+        self.rounds.finish(
+            self._row_id,
+            status=status,
+            answered=answered,
+            dropped=dropped,
+            reason=reason,
+            model_version=version,
+            metrics=metrics,
+            now=now,
+        )
+        self._row_id = None
+
+    def _commit(self, request: CommitRequest, now: datetime) -> Committed:
+        metrics = {**request.metrics, **self._server_metrics(request.weights)}
+        version = self.registry.commit(
+            request.weights,
+            parent=request.parent.version,
+            round=request.round,
+            metrics=metrics,
+            now=now,
+            actor=self.actor,
+        )
+        self._finish(
+            "committed",
+            answered=request.answered,
+            dropped=request.dropped,
+            reason=None,
+            version=version.version,
+            metrics=metrics,
+            now=now,
+        )
+        ref = ModelRef(version.version, version.sha3)
+        self.machine.committed(ref, request.weights)
+        self._head_weights = request.weights
+        return Committed(
+            round=request.round,
+            attempt=request.attempt,
+            version=version.version,
+            sha3=version.sha3,
+            answered=request.answered,
+            dropped=request.dropped,
+            rejected=request.rejected,
+            metrics=metrics,
+            elapsed_s=time.perf_counter() - self._timing.opened_at,
+        )
+
+    # -- status ------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Return a JSON-able snapshot for the status endpoint and the CLI."""
+        with self._lock:
+            current = self.machine.current
+            head = self.machine.head
+            history = [
+                {
+                    "round": r.number,
+                    "attempt": r.attempt,
+                    "kind": r.kind,
+                    "status": r.status,
+                    "answered": list(r.answered),
+                    "dropped": list(r.dropped),
+                    "reason": r.reason,
+                    "model_version": r.model_version,
+                    "metrics": dict(r.metrics),
+                    "started_at": r.started_at.isoformat(),
+                    "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+                }
+                for r in self.rounds.list()
+            ]
+            return {
+                "federation": self.config.federation.name,
+                "phase": str(self.machine.phase),
+                "round": current[0] if current else None,
+                "attempt": current[1] if current else None,
+                "kind": current[2] if current else None,
+                "selected": list(self.machine.selected),
+                "answered": list(self.machine.answered),
+                "completed_rounds": self.machine.completed_rounds,
+                "total_rounds": self.config.rounds.count,
+                "head": {"version": head.version, "sha3": head.sha3},
+                "failure": self.machine.failure,
+                "history": history,
+            }
+
+    def close(self) -> None:
+        """Release the database."""
+        self.db.close()
+
+
+OnReport = Callable[[Report], None]

@@ -1,0 +1,588 @@
+r"""The federated round as a sans-I/O state machine.
+
+One :class:`RoundMachine` drives a whole federation::
+
+    WAITING --enough participants--> FIT --all answered or deadline--> COMMITTING
+       ^   \--join deadline, too few: retry or FAILED                    |
+       |                                                   shell persists, calls committed()
+       +------------------------------------------------------------------+
+    after the last fit round: WAITING -> EVALUATE (final model) -> FINISHED
+
+It never reads a clock, opens a socket or touches a file: time (``now``), the set of
+reachable participants and randomness (``rng``) are parameters, and its outputs are
+frozen event objects. The in-process simulation and the networked coordinator run the
+same machine; only the shell around it differs. The shell must persist a
+:class:`CommitRequest` durably and then call :meth:`RoundMachine.committed`; until it
+does, the machine stays in COMMITTING and opens no new round.
+
+Invariants: a participant answers a round at most once, only if it was selected, only
+before the deadline and only for the model the round distributed (checked by SHA3
+hash). A round with fewer than ``min_participants`` answers is retried up to
+``max_retries`` times and then fails with a recorded reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Literal
+
+import numpy as np
+
+from fedshield.config import RoundsConfig
+from fedshield.errors import PayloadError, ProtocolError
+from fedshield.tensors import Layout, Weights, flatten, unflatten, weights_sha3
+from fedshield.training.server_opt import ServerOptimizer, weighted_mean
+
+__all__ = [
+    "Assignment",
+    "CommitRequest",
+    "Event",
+    "FederationFailed",
+    "FederationFinished",
+    "ModelRef",
+    "Phase",
+    "RoundEvaluated",
+    "RoundMachine",
+    "RoundOpened",
+    "RoundPolicy",
+    "RoundRetried",
+]
+
+MAX_EXAMPLES = 10**9
+MAX_METRICS = 32
+
+Kind = Literal["fit", "evaluate"]
+
+
+class Phase(StrEnum):
+    """Where the federation stands."""
+
+    WAITING = "waiting"
+    FIT = "fit"
+    EVALUATE = "evaluate"
+    COMMITTING = "committing"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class RoundPolicy:
+    """Selection, quorum and deadlines (see :class:`~fedshield.config.RoundsConfig`)."""
+
+    rounds: int
+    fraction: float = 1.0
+    per_round: int | None = None
+    min_participants: int = 2
+    min_available: int | None = None
+    fit_timeout_s: float = 120.0
+    evaluate_timeout_s: float = 60.0
+    join_timeout_s: float = 120.0
+    max_retries: int = 2
+    final_evaluation: bool = True
+
+    @classmethod
+    def from_config(cls, rounds: RoundsConfig) -> RoundPolicy:
+        """Build the policy from the ``[rounds]`` table."""
+        return cls(
+            rounds=rounds.count,
+            fraction=rounds.fraction,
+            per_round=rounds.per_round,
+            min_participants=rounds.min_participants,
+            min_available=rounds.min_available,
+            fit_timeout_s=rounds.fit_timeout_s,
+            evaluate_timeout_s=rounds.evaluate_timeout_s,
+            join_timeout_s=rounds.join_timeout_s,
+            max_retries=rounds.max_retries,
+            final_evaluation=rounds.final_evaluation,
+        )
+
+    def selection_size(self, available: int) -> int:
+        """How many of ``available`` participants a fit round selects."""
+        wanted = self.per_round or math.ceil(self.fraction * available)
+        return min(available, max(wanted, self.min_participants))
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A committed model version and its canonical SHA3-256 hash."""
+
+    version: int
+    sha3: str
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """What a selected participant is asked to do."""
+
+    federation: str
+    round: int
+    attempt: int
+    kind: Kind
+    model: ModelRef
+    deadline: datetime
+
+
+@dataclass(frozen=True)
+class RoundOpened:
+    """A round was opened and participants were selected."""
+
+    round: int
+    attempt: int
+    kind: Kind
+    model: ModelRef
+    selected: tuple[str, ...]
+    deadline: datetime
+
+
+@dataclass(frozen=True)
+class CommitRequest:
+    """A fit round closed with a quorum; the shell must persist ``weights``."""
+
+    round: int
+    attempt: int
+    parent: ModelRef
+    weights: Weights
+    sha3: str
+    answered: tuple[str, ...]
+    dropped: tuple[str, ...]
+    rejected: Mapping[str, str]
+    metrics: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class RoundEvaluated:
+    """The final evaluation round closed with a quorum."""
+
+    round: int
+    attempt: int
+    model: ModelRef
+    answered: tuple[str, ...]
+    dropped: tuple[str, ...]
+    metrics: Mapping[str, float]
+    per_participant: Mapping[str, Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class RoundRetried:
+    """An attempt ended without a quorum and will be repeated."""
+
+    round: int
+    attempt: int
+    kind: Kind
+    reason: str
+    answered: tuple[str, ...]
+    dropped: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FederationFailed:
+    """A round failed after its retries; the federation stops."""
+
+    round: int
+    attempt: int
+    kind: Kind
+    reason: str
+    answered: tuple[str, ...]
+    dropped: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FederationFinished:
+    """All rounds (and the final evaluation) are done."""
+
+    model: ModelRef
+
+
+Event = (
+    RoundOpened
+    | CommitRequest
+    | RoundEvaluated
+    | RoundRetried
+    | FederationFailed
+    | FederationFinished
+)
+
+
+@dataclass
+class _Open:
+    round: int
+    attempt: int
+    kind: Kind
+    selected: tuple[str, ...]
+    deadline: datetime
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    examples: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+
+
+def _check_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    if len(metrics) > MAX_METRICS:
+        raise PayloadError(f"{len(metrics)} metrics reported, at most {MAX_METRICS} allowed")
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if not isinstance(key, str) or not 0 < len(key) <= 64:
+            raise PayloadError("metric names must be strings of 1-64 characters")
+        number = float(value)
+        if not math.isfinite(number):
+            raise PayloadError(f"metric {key!r} is not finite: {value!r}")
+        out[key] = number
+    return out
+
+
+def _weighted_metrics(
+    metrics: Mapping[str, Mapping[str, float]], examples: Mapping[str, int]
+) -> dict[str, float]:
+    keys = sorted({k for m in metrics.values() for k in m})
+    out: dict[str, float] = {}
+    for key in keys:
+        pairs = [(m[key], examples[p]) for p, m in metrics.items() if key in m]
+        total = sum(w for _, w in pairs)
+        if total > 0:
+            out[key] = sum(v * w for v, w in pairs) / total
+    return out
+
+
+class RoundMachine:
+    """Select, distribute, collect, aggregate and hand over for commit; round after round.
+
+    Parameters
+    ----------
+    federation
+        Federation id; it is part of every assignment.
+    policy
+        Selection, quorum and deadlines.
+    head, head_weights
+        The model the next round starts from (normally the registry head).
+    completed_rounds
+        How many fit rounds are already committed (after a restart: from the registry).
+    optimizer
+        The server optimizer applied to the weighted mean update.
+    rng
+        Randomness for participant selection.
+    evaluated
+        Whether the final evaluation already happened (restart after the end).
+    """
+
+    def __init__(
+        self,
+        *,
+        federation: str,
+        policy: RoundPolicy,
+        head: ModelRef,
+        head_weights: Weights,
+        completed_rounds: int,
+        optimizer: ServerOptimizer,
+        rng: np.random.Generator,
+        evaluated: bool = False,
+    ) -> None:
+        if completed_rounds < 0:
+            raise ValueError(f"completed_rounds must be >= 0, got {completed_rounds}")
+        self.federation = federation
+        self.policy = policy
+        self.optimizer = optimizer
+        self._rng = rng
+        self._layout = Layout.of(head_weights)
+        self._head = head
+        self._head_vector = flatten(head_weights, self._layout)
+        self.completed_rounds = completed_rounds
+        self._evaluated = evaluated
+        self._attempt = 1
+        self._open: _Open | None = None
+        self._waiting_since: datetime | None = None
+        self._phase = Phase.WAITING
+        self.failure: str | None = None
+
+    # -- read-only views ------------------------------------------------------------
+
+    @property
+    def phase(self) -> Phase:
+        """The current phase."""
+        return self._phase
+
+    @property
+    def head(self) -> ModelRef:
+        """The model the current or next round distributes."""
+        return self._head
+
+    @property
+    def layout(self) -> Layout:
+        """Names and shapes every update must have."""
+        return self._layout
+
+    @property
+    def current(self) -> tuple[int, int, Kind] | None:
+        """``(round, attempt, kind)`` of the open round, if one is open."""
+        if self._open is None:
+            return None
+        return self._open.round, self._open.attempt, self._open.kind
+
+    @property
+    def selected(self) -> tuple[str, ...]:
+        """Participants selected for the open round."""
+        return self._open.selected if self._open else ()
+
+    @property
+    def answered(self) -> tuple[str, ...]:
+        """Participants that answered the open round."""
+        return tuple(sorted(self._open.examples)) if self._open else ()
+
+    # -- driving ----------------------------------------------------------------------
+
+    def set_head(self, head: ModelRef, weights: Weights) -> None:
+        """Replace the head while no round is open (after an admin rollback)."""
+        if self._phase is not Phase.WAITING:
+            raise ProtocolError(f"cannot change the head model while the phase is {self._phase}")
+        if Layout.of(weights) != self._layout:
+            raise PayloadError("the new head model has a different layout")
+        self._head = head
+        self._head_vector = flatten(weights, self._layout)
+
+    def tick(self, now: datetime, available: Collection[str]) -> list[Event]:
+        """Advance on time and availability; return what happened."""
+        if self._phase in (Phase.FIT, Phase.EVALUATE):
+            assert self._open is not None
+            settled = len(self._open.examples) + len(self._open.rejected)
+            if settled >= len(self._open.selected) or now >= self._open.deadline:
+                return self._close(now)
+            return []
+        if self._phase is not Phase.WAITING:
+            return []
+        kind: Kind
+        if self.completed_rounds < self.policy.rounds:
+            kind = "fit"
+        elif self.policy.final_evaluation and not self._evaluated:
+            kind = "evaluate"
+        else:
+            self._phase = Phase.FINISHED
+            return [FederationFinished(model=self._head)]
+        if self._waiting_since is None:
+            self._waiting_since = now
+        pool = sorted(set(available))
+        wanted = max(self.policy.min_participants, self.policy.min_available or 0)
+        waited = now - self._waiting_since >= timedelta(seconds=self.policy.join_timeout_s)
+        if len(pool) >= wanted or (waited and len(pool) >= self.policy.min_participants):
+            return [self._open_round(kind, pool, now)]
+        if waited:
+            reason = (
+                f"only {len(pool)} of the required {self.policy.min_participants} "
+                f"participants were reachable within {self.policy.join_timeout_s:g} s"
+            )
+            return [self._give_up(kind, reason, answered=(), dropped=())]
+        return []
+
+    def _round_number(self, kind: Kind) -> int:
+        return self.completed_rounds + 1 if kind == "fit" else self.policy.rounds + 1
+
+    def _open_round(self, kind: Kind, pool: list[str], now: datetime) -> RoundOpened:
+        if kind == "fit":
+            k = self.policy.selection_size(len(pool))
+            chosen = self._rng.choice(len(pool), size=k, replace=False)
+            selected = tuple(sorted(pool[i] for i in chosen))
+            timeout = self.policy.fit_timeout_s
+        else:
+            selected = tuple(pool)
+            timeout = self.policy.evaluate_timeout_s
+        deadline = now + timedelta(seconds=timeout)
+        number = self._round_number(kind)
+        self._open = _Open(number, self._attempt, kind, selected, deadline)
+        self._phase = Phase.FIT if kind == "fit" else Phase.EVALUATE
+        self._waiting_since = None
+        return RoundOpened(number, self._attempt, kind, self._head, selected, deadline)
+
+    def _give_up(
+        self, kind: Kind, reason: str, *, answered: tuple[str, ...], dropped: tuple[str, ...]
+    ) -> RoundRetried | FederationFailed:
+        number, attempt = self._round_number(kind), self._attempt
+        self._open = None
+        self._waiting_since = None
+        if attempt <= self.policy.max_retries:
+            self._attempt += 1
+            self._phase = Phase.WAITING
+            return RoundRetried(number, attempt, kind, reason, answered, dropped)
+        self._phase = Phase.FAILED
+        self.failure = f"round {number} failed after {attempt} attempt(s): {reason}"
+        return FederationFailed(number, attempt, kind, self.failure, answered, dropped)
+
+    def _close(self, now: datetime) -> list[Event]:
+        assert self._open is not None
+        op = self._open
+        answered = tuple(sorted(op.examples))
+        dropped = tuple(p for p in op.selected if p not in op.examples)
+        if len(answered) < self.policy.min_participants:
+            reason = (
+                f"{len(answered)} of {len(op.selected)} selected participants answered "
+                f"before the deadline; at least {self.policy.min_participants} are required"
+            )
+            return [self._give_up(op.kind, reason, answered=answered, dropped=dropped)]
+        metrics = _weighted_metrics(op.metrics, op.examples)
+        if op.kind == "evaluate":
+            self._open = None
+            self._evaluated = True
+            self._phase = Phase.FINISHED
+            evaluated = RoundEvaluated(
+                op.round,
+                op.attempt,
+                self._head,
+                answered,
+                dropped,
+                metrics,
+                {p: dict(op.metrics[p]) for p in answered},
+            )
+            return [evaluated, FederationFinished(model=self._head)]
+        updates = np.stack([op.vectors[p] for p in answered])
+        weights = np.array([op.examples[p] for p in answered], dtype=np.float64)
+        mean_update = weighted_mean(updates, weights=weights)
+        new_vector = self.optimizer.step(self._head_vector, mean_update)
+        new_weights = unflatten(new_vector, self._layout)
+        self._phase = Phase.COMMITTING
+        return [
+            CommitRequest(
+                round=op.round,
+                attempt=op.attempt,
+                parent=self._head,
+                weights=new_weights,
+                sha3=weights_sha3(new_weights),
+                answered=answered,
+                dropped=dropped,
+                rejected=dict(op.rejected),
+                metrics=metrics,
+            )
+        ]
+
+    def committed(self, ref: ModelRef, weights: Weights) -> None:
+        """Tell the machine the shell durably committed the pending model as ``ref``."""
+        if self._phase is not Phase.COMMITTING:
+            raise ProtocolError(f"nothing to commit: the phase is {self._phase}")
+        self._head = ref
+        self._head_vector = flatten(weights, self._layout)
+        self.completed_rounds += 1
+        self._attempt = 1
+        self._open = None
+        self._phase = Phase.WAITING
+
+    # -- participants -----------------------------------------------------------------
+
+    def assignment_for(self, participant: str, now: datetime) -> Assignment | None:
+        """Return the open round's task for ``participant``, if it still owes one."""
+        op = self._open
+        if op is None or participant not in op.selected:
+            return None
+        if participant in op.examples or participant in op.rejected:
+            return None
+        if now >= op.deadline:
+            return None
+        return Assignment(self.federation, op.round, op.attempt, op.kind, self._head, op.deadline)
+
+    def _check_submission(
+        self,
+        participant: str,
+        *,
+        kind: Kind,
+        round: int,
+        attempt: int,
+        model_sha3: str,
+        num_examples: int,
+        now: datetime,
+    ) -> _Open:
+        op = self._open
+        if op is None or op.kind != kind:
+            raise ProtocolError(f"no {kind} round is open (phase: {self._phase})")
+        if (round, attempt) != (op.round, op.attempt):
+            raise ProtocolError(
+                f"result is for round {round} attempt {attempt}, "
+                f"but round {op.round} attempt {op.attempt} is open"
+            )
+        if participant not in op.selected:
+            raise ProtocolError(f"participant {participant!r} was not selected for round {round}")
+        if participant in op.examples or participant in op.rejected:
+            raise ProtocolError(f"participant {participant!r} already answered round {round}")
+        if now >= op.deadline:
+            raise ProtocolError(f"the deadline of round {round} has passed")
+        if model_sha3 != self._head.sha3:
+            raise ProtocolError(
+                f"result was computed from model {model_sha3[:12]}, but round {round} "
+                f"distributes {self._head.sha3[:12]}"
+            )
+        if not 0 < num_examples <= MAX_EXAMPLES:
+            raise PayloadError(f"num_examples must be in 1..{MAX_EXAMPLES}, got {num_examples}")
+        return op
+
+    def submit_fit(
+        self,
+        participant: str,
+        *,
+        round: int,
+        attempt: int,
+        model_sha3: str,
+        num_examples: int,
+        update: Mapping[str, np.ndarray],
+        metrics: Mapping[str, float],
+        now: datetime,
+    ) -> None:
+        """Accept a participant's update (``local - global``) for the open fit round.
+
+        Raises
+        ------
+        ProtocolError
+            Wrong round, attempt, participant, model or timing. Nothing is recorded.
+        PayloadError
+            Wrong tensor names or shapes, non-finite values or metrics. The rejection is
+            recorded with the round; the participant may not resubmit.
+        """
+        op = self._check_submission(
+            participant,
+            kind="fit",
+            round=round,
+            attempt=attempt,
+            model_sha3=model_sha3,
+            num_examples=num_examples,
+            now=now,
+        )
+        try:
+            if Layout.of(update) != self._layout:
+                raise PayloadError("update tensor names or shapes do not match the model")
+            vector = flatten(update, self._layout).astype(np.float32)
+            if not np.isfinite(vector).all():
+                raise PayloadError("update contains NaN or Inf values")
+            clean = _check_metrics(metrics)
+        except PayloadError as exc:
+            op.rejected[participant] = exc.message
+            raise
+        op.vectors[participant] = vector
+        op.metrics[participant] = clean
+        op.examples[participant] = num_examples
+
+    def reject(self, participant: str, reason: str) -> None:
+        """Record that ``participant``'s payload for the open round was refused."""
+        op = self._open
+        if op is not None and participant in op.selected and participant not in op.examples:
+            op.rejected.setdefault(participant, reason)
+
+    def submit_evaluation(
+        self,
+        participant: str,
+        *,
+        round: int,
+        attempt: int,
+        model_sha3: str,
+        num_examples: int,
+        metrics: Mapping[str, float],
+        now: datetime,
+    ) -> None:
+        """Accept a participant's evaluation of the distributed model."""
+        op = self._check_submission(
+            participant,
+            kind="evaluate",
+            round=round,
+            attempt=attempt,
+            model_sha3=model_sha3,
+            num_examples=num_examples,
+            now=now,
+        )
+        op.metrics[participant] = _check_metrics(metrics)
+        op.examples[participant] = num_examples

@@ -1,0 +1,174 @@
+"""The networked coordinator's runtime: drives a :class:`Coordinator` from asyncio.
+
+The service keeps what only the network shell needs: which participants are reachable
+(they long-poll; a participant seen within the liveness window counts as available),
+the waiters of pending long-polls, the encoded bytes of the distributed model, and the
+end of the federation (every participant is told ``finished`` or ``failed`` before the
+coordinator exits, or the grace period runs out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fedshield.config import FederationConfig
+from fedshield.federation.coordinator import Coordinator, Report, utcnow
+from fedshield.federation.round import FederationFailed, FederationFinished, RoundOpened
+from fedshield.tensors import encode
+from fedshield.transport.messages import TaskMessage
+
+__all__ = ["CoordinatorService"]
+
+
+class CoordinatorService:
+    """Long-poll task distribution and the round driver loop."""
+
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        *,
+        config: FederationConfig,
+        on_report: Callable[[Report], None] | None = None,
+        tick_s: float = 0.2,
+        end_grace_s: float = 30.0,
+    ) -> None:
+        self.coordinator = coordinator
+        self.config = config
+        self.names = frozenset(config.participants.resolved_names())
+        self.on_report = on_report
+        self.tick_s = tick_s
+        self.end_grace_s = end_grace_s
+        self.liveness_s = config.coordinator.long_poll_s + 30.0
+        self._seen: dict[str, float] = {}
+        self._polling: dict[str, int] = {}
+        self._told_end: set[str] = set()
+        self._end: TaskMessage | None = None
+        self._end_since = 0.0
+        self._changed: asyncio.Event | None = None
+        self._model_cache: tuple[str, bytes] | None = None
+
+    @property
+    def end(self) -> TaskMessage | None:
+        """The final message once the federation finished or failed."""
+        return self._end
+
+    def _event(self) -> asyncio.Event:
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        return self._changed
+
+    def _notify(self) -> None:
+        event = self._event()
+        self._changed = asyncio.Event()
+        event.set()
+
+    def touch(self, name: str) -> None:
+        """Record that ``name`` is alive."""
+        self._seen[name] = time.monotonic()
+
+    def available(self) -> set[str]:
+        """Participants polling now or seen within the liveness window."""
+        now = time.monotonic()
+        alive = {n for n, t in self._seen.items() if now - t <= self.liveness_s}
+        return alive | {n for n, c in self._polling.items() if c > 0}
+
+    # -- long-poll ------------------------------------------------------------------
+
+    def _task_now(self, name: str) -> TaskMessage | None:
+        assignment = self.coordinator.assignment_for(name, utcnow())
+        if assignment is not None:
+            return TaskMessage(
+                kind=assignment.kind,
+                federation=assignment.federation,
+                round=assignment.round,
+                attempt=assignment.attempt,
+                model_version=assignment.model.version,
+                model_sha3=assignment.model.sha3,
+                deadline=assignment.deadline,
+                task=self.config.task,
+            )
+        if self._end is not None:
+            self._told_end.add(name)
+            return self._end
+        return None
+
+    async def next_task(self, name: str, *, wait_s: float) -> TaskMessage | None:
+        """Wait up to ``wait_s`` for work for ``name``; None if there is none yet."""
+        self.touch(name)
+        self._polling[name] = self._polling.get(name, 0) + 1
+        try:
+            deadline = time.monotonic() + wait_s
+            while True:
+                task = self._task_now(name)
+                if task is not None:
+                    return task
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                try:
+                    await asyncio.wait_for(self._event().wait(), timeout=min(remaining, 1.0))
+                except TimeoutError:
+                    pass
+        finally:
+            self._polling[name] -= 1
+            self.touch(name)
+
+    def model_bytes(self, sha3: str) -> bytes | None:
+        """Return the safetensors encoding of the distributed model, if ``sha3`` names it."""
+        cached = self._model_cache
+        if cached is not None and cached[0] == sha3:
+            return cached[1]
+        weights = self.coordinator.weights_for(sha3)
+        if weights is None:
+            return None
+        data = encode(weights)
+        self._model_cache = (sha3, data)
+        return data
+
+    # -- driver ---------------------------------------------------------------------
+
+    async def drive(self, should_exit: Callable[[], Any]) -> None:
+        """Tick the coordinator until the federation ends and everyone was told."""
+        while True:
+            reports = await asyncio.to_thread(self.coordinator.step, utcnow(), self.available())
+            for report in reports:
+                if self.on_report is not None:
+                    self.on_report(report)
+                if isinstance(report, FederationFinished):
+                    self._set_end(
+                        TaskMessage(kind="finished", federation=self.config.federation.name)
+                    )
+                elif isinstance(report, FederationFailed):
+                    self._set_end(
+                        TaskMessage(
+                            kind="failed",
+                            federation=self.config.federation.name,
+                            reason=report.reason,
+                        )
+                    )
+            if reports:
+                self._notify()
+            if self._end is not None:
+                everyone_told = self._told_end >= (self.names & set(self._seen))
+                if everyone_told or time.monotonic() - self._end_since > self.end_grace_s:
+                    should_exit()
+                    return
+            await asyncio.sleep(self.tick_s)
+
+    def _set_end(self, message: TaskMessage) -> None:
+        if self._end is None:
+            self._end = message
+            self._end_since = time.monotonic()
+
+    def status(self) -> dict[str, Any]:
+        """Return the coordinator's status plus who is reachable."""
+        status = self.coordinator.status()
+        status["available"] = sorted(self.available())
+        status["ended"] = self._end.kind if self._end else None
+        return status
+
+
+_ = RoundOpened  # re-exported for type users of on_report

@@ -1,0 +1,177 @@
+"""In-process simulation: the coordinator's round logic and every participant in one process.
+
+The same :class:`~fedshield.federation.coordinator.Coordinator` (and so the same round
+machine, registry and round log) as the networked federation, with participants called
+directly instead of over HTTPS. Participant data and models are built lazily and kept,
+so hundreds of simulated participants fit in memory for small tasks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedshield.config import FederationConfig
+from fedshield.errors import FedshieldError, RoundFailedError
+from fedshield.federation.coordinator import Committed, Coordinator, Report, data_spec, utcnow
+from fedshield.federation.participant import LocalTrainer, train_config_of
+from fedshield.federation.round import (
+    FederationFailed,
+    FederationFinished,
+    RoundEvaluated,
+    RoundOpened,
+)
+from fedshield.training.tasks import TaskContext, call_task, resolve_task
+
+__all__ = ["SimulationResult", "run_simulation"]
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """What a finished simulation reports."""
+
+    rounds_completed: int
+    model_version: int
+    model_sha3: str
+    final_accuracy: float | None
+    per_participant_accuracy: dict[str, float]
+    participants: int
+    wall_s: float
+
+
+class _Sites:
+    def __init__(self, config: FederationConfig, base_dir: Path) -> None:
+        self.config = config
+        self.base_dir = base_dir
+        self.names = config.participants.resolved_names()
+        self.factory = resolve_task(config.task.name)
+        self._trainers: dict[str, LocalTrainer] = {}
+
+    def trainer(self, name: str) -> LocalTrainer:
+        if name not in self._trainers:
+            index = self.names.index(name)
+            spec = data_spec(
+                self.config.data,
+                seed=self.config.federation.seed,
+                batch_size=self.config.task.batch_size,
+                participant=name,
+                base_dir=self.base_dir,
+            )
+            ctx = TaskContext(
+                role="participant",
+                name=name,
+                partition_index=index,
+                num_partitions=len(self.names),
+                data=spec,
+                seed=self.config.federation.seed,
+            )
+            self._trainers[name] = LocalTrainer(
+                call_task(self.factory, ctx),
+                config=train_config_of(self.config.task),
+                seed=self.config.federation.seed + index,
+            )
+        return self._trainers[name]
+
+
+def run_simulation(
+    config: FederationConfig,
+    *,
+    workdir: Path,
+    base_dir: Path,
+    on_report: Callable[[Report], None] | None = None,
+    seed: int | None = None,
+) -> SimulationResult:
+    """Run every round of ``config`` in this process and return the summary.
+
+    Raises
+    ------
+    RoundFailedError
+        If a round fails after its retries.
+    """
+    started = time.perf_counter()
+    rng = np.random.default_rng(config.federation.seed if seed is None else seed)
+    coordinator = Coordinator(config, workdir=workdir, base_dir=base_dir, now=utcnow(), rng=rng)
+    sites = _Sites(config, base_dir)
+    everyone = sites.names
+    final: RoundEvaluated | None = None
+    committed: list[Committed] = []
+    budget = (config.rounds.count + 1) * (config.rounds.max_retries + 1) * 4 + 8
+    try:
+        for _ in range(budget):
+            reports = coordinator.step(utcnow(), everyone)
+            done = False
+            for report in reports:
+                if on_report is not None:
+                    on_report(report)
+                if isinstance(report, RoundOpened):
+                    _play_round(coordinator, sites, report)
+                elif isinstance(report, Committed):
+                    committed.append(report)
+                elif isinstance(report, RoundEvaluated):
+                    final = report
+                elif isinstance(report, FederationFailed):
+                    raise RoundFailedError(report.reason)
+                elif isinstance(report, FederationFinished):
+                    done = True
+            if done:
+                break
+        else:  # pragma: no cover - the budget is a safety net, not a code path
+            raise RoundFailedError("the simulation did not finish within its step budget")
+        head, _ = coordinator.head_weights()
+        history = coordinator.registry.get(head.version)
+        final_accuracy = history.metrics.get("server_accuracy")
+        per_participant: dict[str, float] = {}
+        if final is not None:
+            per_participant = {
+                p: m["accuracy"] for p, m in final.per_participant.items() if "accuracy" in m
+            }
+            if final_accuracy is None:
+                final_accuracy = final.metrics.get("accuracy")
+        return SimulationResult(
+            rounds_completed=coordinator.machine.completed_rounds,
+            model_version=head.version,
+            model_sha3=head.sha3,
+            final_accuracy=final_accuracy,
+            per_participant_accuracy=per_participant,
+            participants=len(everyone),
+            wall_s=time.perf_counter() - started,
+        )
+    finally:
+        coordinator.close()
+
+
+def _play_round(coordinator: Coordinator, sites: _Sites, opened: RoundOpened) -> None:
+    head, weights = coordinator.head_weights()
+    for name in opened.selected:
+        trainer = sites.trainer(name)
+        try:
+            if opened.kind == "fit":
+                outcome = trainer.fit(weights, round=opened.round)
+                coordinator.submit_fit(
+                    name,
+                    round=opened.round,
+                    attempt=opened.attempt,
+                    model_sha3=head.sha3,
+                    num_examples=outcome.num_examples,
+                    update=outcome.update,
+                    metrics=outcome.metrics,
+                    now=utcnow(),
+                )
+            else:
+                count, metrics = trainer.evaluate(weights)
+                coordinator.submit_evaluation(
+                    name,
+                    round=opened.round,
+                    attempt=opened.attempt,
+                    model_sha3=head.sha3,
+                    num_examples=count,
+                    metrics=metrics,
+                    now=utcnow(),
+                )
+        except FedshieldError as exc:
+            # One participant's failure is its dropout, not the federation's.
+            coordinator.reject(name, exc.message)

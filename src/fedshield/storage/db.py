@@ -1,0 +1,420 @@
+"""The fedshield database: one SQLAlchemy engine and the tables it holds.
+
+SQLite in the workdir is the default (``sqlite:///<workdir>/fedshield.db``); any other
+SQLAlchemy URL, such as ``postgresql+psycopg://user:pw@host/db``, is used as given.
+
+Durability on SQLite comes from the PRAGMAs set on every new connection:
+``journal_mode=WAL`` (readers do not block the writer), ``synchronous=FULL`` (a
+committed transaction survives power loss, not only a process crash),
+``foreign_keys=ON`` (SQLite ignores foreign keys unless told) and ``busy_timeout=5000``
+(wait up to 5 s for another process's write lock instead of failing at once).
+
+SQLite's Python driver would otherwise start transactions lazily and only before
+``INSERT``/``UPDATE``/``DELETE``, so a ``SELECT`` that a write depends on would run
+outside the transaction. This module takes over ``BEGIN`` (the recipe from SQLAlchemy's
+SQLite documentation); sessions opened with ``Database.session(write=True)`` use
+``BEGIN IMMEDIATE`` so that a read-then-write transaction (such as "next version is
+max + 1") holds the write lock from its first statement and cannot race another process.
+
+All timestamps are timezone-aware UTC. SQLite has no time zone type, so
+:class:`UTCDateTime` stores UTC and attaches ``timezone.utc`` again when reading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    URL,
+    DateTime,
+    Dialect,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    create_engine,
+    event,
+    make_url,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+from fedshield.errors import StorageError
+
+__all__ = [
+    "Base",
+    "Database",
+    "EventRow",
+    "HeadRow",
+    "ModelVersionRow",
+    "ParticipantRow",
+    "RoundRow",
+    "UTCDateTime",
+    "check_metrics",
+    "check_utc",
+    "mask_url",
+]
+
+_BEGIN_OPTION = "fedshield_sqlite_begin"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A ``DateTime(timezone=True)`` that only accepts and returns aware UTC values.
+
+    Values are converted to UTC before they are stored. Values read back from SQLite
+    (which drops the offset) get ``tzinfo=UTC`` attached.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Convert an aware datetime to UTC; refuse naive ones."""
+        if value is None:
+            return None
+        return check_utc(value)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Return ``value`` as an aware UTC datetime."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def check_utc(value: datetime, name: str = "now") -> datetime:
+    """Return ``value`` converted to UTC, refusing a naive datetime.
+
+    Parameters
+    ----------
+    value
+        A timezone-aware datetime.
+    name
+        The parameter name used in the error message.
+
+    Returns
+    -------
+    datetime
+        The same instant with ``tzinfo=UTC``.
+
+    Raises
+    ------
+    ValueError
+        If ``value`` has no time zone: a naive time is ambiguous and would be stored
+        as if it were UTC.
+    """
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime (UTC), got {value!r}")
+    return value.astimezone(UTC)
+
+
+def check_metrics(metrics: Any, what: str = "metrics") -> dict[str, float]:
+    """Return ``metrics`` as a plain ``dict[str, float]`` of finite values.
+
+    Parameters
+    ----------
+    metrics
+        A mapping of metric name to a real number.
+    what
+        What the mapping is, for the error message.
+
+    Returns
+    -------
+    dict[str, float]
+        A copy with string keys and Python floats, safe to store as JSON on any database
+        (PostgreSQL's JSON has no NaN or Infinity).
+
+    Raises
+    ------
+    ValueError
+        If a key is not a string or a value is not a finite real number.
+    """
+    out: dict[str, float] = {}
+    for key, value in dict(metrics).items():
+        if not isinstance(key, str):
+            raise ValueError(f"{what} keys must be strings, got {key!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{what}[{key!r}] must be a real number, got {value!r}") from exc
+        if not math.isfinite(number):
+            raise ValueError(f"{what}[{key!r}] must be finite, got {number}")
+        out[key] = number
+    return out
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``, for messages and logs.
+
+    Parameters
+    ----------
+    url
+        A SQLAlchemy database URL.
+
+    Returns
+    -------
+    str
+        The URL without its password. An unparsable URL is returned as ``<invalid URL>``
+        rather than echoed, since it may still contain a secret.
+    """
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid URL>"
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every fedshield table."""
+
+
+class ParticipantRow(Base):
+    """A participant organization's agent as seen by the coordinator."""
+
+    __tablename__ = "participants"
+
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    organization: Mapped[str] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(64))
+    cert_sha256: Mapped[str] = mapped_column(String(64))
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RoundRow(Base):
+    """One attempt at one round (``fit`` or ``evaluate``)."""
+
+    __tablename__ = "rounds"
+    __table_args__ = (
+        Index("ix_rounds_status", "status"),
+        Index("ix_rounds_number", "number"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    number: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    base_version: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    selected: Mapped[list[str]] = mapped_column(JSON)
+    answered: Mapped[list[str]] = mapped_column(JSON)
+    dropped: Mapped[list[str]] = mapped_column(JSON)
+    reason: Mapped[str | None] = mapped_column(String, nullable=True)
+    model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    metrics: Mapped[dict[str, float]] = mapped_column(JSON)
+
+
+class ModelVersionRow(Base):
+    """A committed global model version; its weights are a blob named by ``sha3``."""
+
+    __tablename__ = "model_versions"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    parent: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("model_versions.version"), nullable=True
+    )
+    round: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    sha3: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    num_parameters: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict[str, float]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    note: Mapped[str] = mapped_column(String, default="")
+
+
+class HeadRow(Base):
+    """One move of the registry head; the current head is the row with the highest id."""
+
+    __tablename__ = "heads"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version: Mapped[int] = mapped_column(Integer, ForeignKey("model_versions.version"))
+    reason: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class EventRow(Base):
+    """A plain event journal entry (no payloads; not tamper-evident)."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    actor: Mapped[str] = mapped_column(String(256))
+    action: Mapped[str] = mapped_column(String(128))
+    resource: Mapped[str] = mapped_column(String(512))
+    outcome: Mapped[str] = mapped_column(String(64))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+def _install_sqlite_hooks(engine: Engine) -> None:
+    """Set the durability PRAGMAs and take over ``BEGIN`` on an SQLite engine."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+        # Let SQLAlchemy emit BEGIN itself (see the module docstring).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+class Database:
+    """The fedshield database: an engine, its tables and a session factory.
+
+    Parameters
+    ----------
+    url
+        A SQLAlchemy URL. ``sqlite:///...`` URLs get the durability PRAGMAs described in
+        the module docstring; any other URL is passed to ``create_engine`` as is.
+
+    Raises
+    ------
+    StorageError
+        If the URL is invalid, its driver is not installed, or the database cannot be
+        opened or its tables created. The message names the URL with its password
+        masked.
+    """
+
+    def __init__(self, url: str) -> None:
+        masked = mask_url(url)
+        #: The URL with its password masked, safe to log or show.
+        self.url = masked
+        hint = "Use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB."
+        try:
+            parsed = make_url(url)
+            self._is_sqlite = parsed.get_backend_name() == "sqlite"
+            self.engine: Engine = create_engine(url)
+        except (NoSuchModuleError, ImportError) as exc:
+            # NoSuchModuleError subclasses ArgumentError, so it comes first.
+            raise StorageError(f"cannot use database {masked}: {exc}", hint=hint) from exc
+        except ArgumentError as exc:
+            # The message may quote the raw URL, password included.
+            raise StorageError("the database URL is not a valid SQLAlchemy URL", hint=hint) from exc
+        if self._is_sqlite:
+            _install_sqlite_hooks(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._write_sessions = sessionmaker(
+            self.engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"}),
+            expire_on_commit=False,
+        )
+        try:
+            Base.metadata.create_all(self.engine)
+        except DBAPIError as exc:
+            # OperationalError (cannot open, connection refused) and DatabaseError
+            # (the file is not a database) alike.
+            self.engine.dispose()
+            raise StorageError(
+                f"cannot open database {masked}: {exc.orig}",
+                hint="Check that the path or server is reachable and writable.",
+            ) from exc
+
+    @classmethod
+    def for_workdir(cls, workdir: Path) -> Database:
+        """Open (creating if needed) the SQLite database ``<workdir>/fedshield.db``.
+
+        Parameters
+        ----------
+        workdir
+            The coordinator's working directory; created if missing.
+
+        Returns
+        -------
+        Database
+            The opened database.
+
+        Raises
+        ------
+        StorageError
+            If the directory cannot be created or the database cannot be opened.
+        """
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create workdir {workdir}: {exc}") from exc
+        # Built, not formatted, so that "?" or "#" in the path is escaped, not parsed.
+        url = URL.create("sqlite", database=str(workdir.resolve() / "fedshield.db"))
+        return cls(url.render_as_string(hide_password=False))
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether the database is SQLite (else a server database such as PostgreSQL)."""
+        return self._is_sqlite
+
+    def session(self, *, write: bool = False) -> Session:
+        """Return a new ORM session, to be used as a context manager.
+
+        Parameters
+        ----------
+        write
+            If true, on SQLite the transaction begins with ``BEGIN IMMEDIATE`` and so holds
+            the database write lock from its first statement. Use it for transactions
+            that read something and then write based on it.
+
+        Returns
+        -------
+        Session
+            A session with ``expire_on_commit=False`` (objects stay readable after
+            commit). Typical use: ``with db.session() as s, s.begin(): ...``.
+        """
+        return self._write_sessions() if write else self._sessions()
+
+    @contextlib.contextmanager
+    def transaction(self, *, write: bool = False) -> Iterator[Session]:
+        """Run one transaction, translating database failures into :class:`StorageError`.
+
+        Parameters
+        ----------
+        write
+            As for :meth:`session`: take the SQLite write lock at ``BEGIN``.
+
+        Yields
+        ------
+        Session
+            A session inside ``BEGIN``; the transaction commits when the block exits
+            normally and rolls back if it raises.
+
+        Raises
+        ------
+        StorageError
+            If the database fails (locked past the busy timeout, disk full, a constraint
+            violated by a concurrent writer, connection lost, ...).
+        """
+        try:
+            with self.session(write=write) as session, session.begin():
+                yield session
+        except DBAPIError as exc:
+            raise StorageError(
+                f"database {self.url} failed: {exc.orig}",
+                hint="Retry; if it persists check disk space and that no other process "
+                "holds the database.",
+            ) from exc
+
+    def close(self) -> None:
+        """Dispose of the engine and its pooled connections."""
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        """Return a representation with the password masked."""
+        return f"Database({self.url!r})"

@@ -1,0 +1,1 @@
+"""HTTPS transport: the coordinator's FastAPI app, the participant's httpx client, messages."""

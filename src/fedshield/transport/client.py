@@ -1,0 +1,241 @@
+"""The participant's HTTPS client (httpx), mutual TLS 1.3, outbound only.
+
+Retries follow exponential backoff with full jitter (``uniform(0, min(max, base*2^k))``)
+on connection failures and 502/503/504 replies; a 4xx reply is never retried and
+becomes an error that carries the coordinator's message. A TLS failure (certificate
+not from the federation CA, or ours refused) is not retried either: it will not heal.
+
+While the coordinator is unreachable (for example while it restarts) the client keeps
+retrying until ``reconnect_timeout_s`` has passed since the last successful request.
+"""
+
+from __future__ import annotations
+
+import random
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx
+import numpy as np
+from pydantic import ValidationError
+
+from fedshield.errors import ConfigError, IdentityError, PayloadError, ProtocolError, TransportError
+from fedshield.tensors import Layout, Weights, decode, encode, weights_sha3
+from fedshield.transport.messages import (
+    META_HEADER,
+    ErrorBody,
+    EvaluationResult,
+    FitMeta,
+    TaskMessage,
+)
+
+__all__ = ["CoordinatorClient", "RejectedError"]
+
+_RETRY_STATUS = frozenset({502, 503, 504})
+
+
+class RejectedError(TransportError):
+    """The coordinator answered with a 4xx: the request itself was refused."""
+
+    def __init__(self, status: int, message: str, *, hint: str = "") -> None:
+        super().__init__(message, hint=hint or "See the coordinator's message above.")
+        self.status = status
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        text = str(seen).lower()
+        if "certificate" in text or "alert" in text or "ssl" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class CoordinatorClient:
+    """Talk to one coordinator as one participant (or admin) over mutual TLS."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        ssl_context: ssl.SSLContext,
+        timeout_s: float = 60.0,
+        max_retries: int = 6,
+        backoff_base_s: float = 0.25,
+        backoff_max_s: float = 10.0,
+        reconnect_timeout_s: float = 300.0,
+        max_payload_bytes: int = 256 * 2**20,
+        jitter: random.Random | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not base_url.startswith("https://"):
+            raise ConfigError(
+                f"coordinator URL must start with https://, got {base_url!r}",
+                hint="fedshield never sends federation traffic over plain HTTP.",
+            )
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.reconnect_timeout_s = reconnect_timeout_s
+        self.max_payload_bytes = max_payload_bytes
+        self._jitter = jitter or random.Random()  # noqa: S311 - jitter, not a secret
+        self._sleep = sleep
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            verify=ssl_context,
+            timeout=httpx.Timeout(timeout_s),
+            trust_env=False,
+            follow_redirects=False,
+        )
+        self._last_ok = time.monotonic()
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    def __enter__(self) -> CoordinatorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _backoff(self, attempt: int) -> float:
+        cap = min(self.backoff_max_s, self.backoff_base_s * 2.0**attempt)
+        return self._jitter.uniform(0.0, cap)
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        timeout_s: float | None = None,
+        reconnect: bool = False,
+    ) -> httpx.Response:
+        attempt = 0
+        while True:
+            failure: str
+            try:
+                response = self._client.request(
+                    method,
+                    path,
+                    content=content,
+                    headers=headers,
+                    params=params,
+                    timeout=timeout_s if timeout_s is not None else self.timeout_s,
+                )
+            except httpx.TransportError as exc:
+                if _is_tls_failure(exc):
+                    raise IdentityError(
+                        f"TLS handshake with {self.base_url} failed: {exc}",
+                        hint="The coordinator and this kit must come from the same "
+                        "`fedshield provision` run (same federation CA).",
+                    ) from exc
+                failure = f"{type(exc).__name__}: {exc}"
+            else:
+                self.bytes_received += len(response.content)
+                if response.status_code not in _RETRY_STATUS:
+                    self._last_ok = time.monotonic()
+                    if content:
+                        self.bytes_sent += len(content)
+                    if response.status_code >= 400:
+                        raise self._refusal(response)
+                    return response
+                failure = f"HTTP {response.status_code}"
+            attempt += 1
+            out_of_retries = attempt > self.max_retries
+            if reconnect:
+                out_of_retries = time.monotonic() - self._last_ok > self.reconnect_timeout_s
+            if out_of_retries:
+                raise TransportError(
+                    f"{method} {path} to {self.base_url} failed after {attempt} attempt(s): "
+                    f"{failure}"
+                )
+            self._sleep(self._backoff(min(attempt, 16)))
+
+    @staticmethod
+    def _refusal(response: httpx.Response) -> RejectedError:
+        try:
+            body = ErrorBody.model_validate_json(response.content)
+            return RejectedError(response.status_code, body.error, hint=body.hint)
+        except ValidationError:
+            return RejectedError(response.status_code, f"HTTP {response.status_code}")
+
+    # -- participant API ---------------------------------------------------------------
+
+    def next_task(self, *, wait_s: float) -> TaskMessage | None:
+        """Long-poll for work; None when the coordinator has none yet."""
+        response = self._request(
+            "GET",
+            "/v1/task",
+            params={"wait_s": wait_s},
+            timeout_s=wait_s + self.timeout_s,
+            reconnect=True,
+        )
+        if response.status_code == 204:
+            return None
+        try:
+            return TaskMessage.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise ProtocolError("the coordinator sent a malformed task message") from exc
+
+    def fetch_model(self, sha3: str, *, layout: Layout | None = None) -> Weights:
+        """Download the distributed model and check it hashes to ``sha3``."""
+        response = self._request("GET", f"/v1/models/{sha3}", reconnect=True)
+        weights = decode(response.content, layout=layout, max_bytes=self.max_payload_bytes)
+        if weights_sha3(weights) != sha3:
+            raise ProtocolError("the downloaded model does not match its announced SHA3 hash")
+        return weights
+
+    def push_update(self, meta: FitMeta, update: Mapping[str, np.ndarray]) -> None:
+        """Upload an update with its metadata."""
+        body = encode(update)
+        if len(body) > self.max_payload_bytes:
+            raise PayloadError(
+                f"update is {len(body)} bytes, over the limit of {self.max_payload_bytes}"
+            )
+        self._request(
+            "POST",
+            f"/v1/rounds/{meta.round}/update",
+            content=body,
+            headers={
+                META_HEADER: meta.model_dump_json(),
+                "content-type": "application/octet-stream",
+            },
+            reconnect=True,
+        )
+
+    def push_raw(self, round_number: int, body: bytes, meta_json: str) -> httpx.Response:
+        """Upload raw bytes as an update (used by tests and benchmarks; no retries)."""
+        return self._client.post(
+            f"/v1/rounds/{round_number}/update",
+            content=body,
+            headers={META_HEADER: meta_json, "content-type": "application/octet-stream"},
+        )
+
+    def push_evaluation(self, result: EvaluationResult) -> None:
+        """Upload an evaluation result."""
+        self._request(
+            "POST",
+            f"/v1/rounds/{result.round}/evaluation",
+            content=result.model_dump_json().encode(),
+            headers={"content-type": "application/json"},
+            reconnect=True,
+        )
+
+    def status(self) -> dict[str, Any]:
+        """Return the coordinator's status (admin or observer kits)."""
+        response = self._request("GET", "/v1/status")
+        data: dict[str, Any] = response.json()
+        return data

@@ -1,0 +1,67 @@
+"""Wire messages between participants and the coordinator (JSON parts).
+
+Every message is a frozen pydantic model with a ``v`` field; a meaning changes by adding
+a type, never by editing a field. Tensors travel separately as safetensors bytes (see
+:mod:`fedshield.tensors`). Metadata of an uploaded update travels in the
+``X-Fedshield-Meta`` header as the JSON of :class:`FitMeta`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedshield.config import TaskConfig
+
+__all__ = ["META_HEADER", "ErrorBody", "EvaluationResult", "FitMeta", "TaskMessage"]
+
+META_HEADER = "x-fedshield-meta"
+_SHA3 = r"^[0-9a-f]{64}$"
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    v: Literal[1] = 1
+
+
+class TaskMessage(_Message):
+    """The coordinator's answer to a long-poll: work to do, or the end of the federation."""
+
+    kind: Literal["fit", "evaluate", "finished", "failed"]
+    federation: str
+    round: int | None = None
+    attempt: int | None = None
+    model_version: int | None = None
+    model_sha3: str | None = Field(default=None, pattern=_SHA3)
+    deadline: datetime | None = None
+    task: TaskConfig | None = None
+    reason: str | None = None
+
+
+class FitMeta(_Message):
+    """Metadata that accompanies an uploaded update."""
+
+    round: int = Field(ge=1)
+    attempt: int = Field(ge=1)
+    model_sha3: str = Field(pattern=_SHA3)
+    num_examples: int = Field(ge=1, le=10**9)
+    metrics: dict[str, float] = Field(default_factory=dict, max_length=32)
+
+
+class EvaluationResult(_Message):
+    """A participant's evaluation of the distributed model."""
+
+    round: int = Field(ge=1)
+    attempt: int = Field(ge=1)
+    model_sha3: str = Field(pattern=_SHA3)
+    num_examples: int = Field(ge=1, le=10**9)
+    metrics: dict[str, float] = Field(default_factory=dict, max_length=32)
+
+
+class ErrorBody(_Message):
+    """Body of every error reply: what was wrong and how to fix it."""
+
+    error: str
+    hint: str = ""

@@ -1,0 +1,260 @@
+"""The coordinator's HTTPS API (FastAPI on uvicorn), mutual TLS 1.3 only.
+
+Who is calling is decided by the TLS handshake, never by a header: the server context
+requires a client certificate issued by the federation CA (``ssl.CERT_REQUIRED``), and
+:class:`_PeerCertH11Protocol` puts the verified peer certificate into the ASGI scope,
+where :func:`_caller` reads the name and role from it. Each endpoint allows the roles it
+names and denies every other (deny by default).
+
+Endpoints (all under ``/v1``)::
+
+    GET  /health                       any role        liveness
+    GET  /task?wait_s=S                participant     long-poll for work (204: none yet)
+    GET  /models/{sha3}                participant     the distributed model, safetensors
+    POST /rounds/{round}/update        participant     safetensors body + X-Fedshield-Meta
+    POST /rounds/{round}/evaluation    participant     JSON EvaluationResult
+    GET  /status                       admin, observer round progress and history
+
+Request bodies are read with a byte limit before they are parsed; errors are JSON
+``{"error", "hint"}`` bodies with 4xx codes and never echo internals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from fedshield.errors import FedshieldError, IdentityError, PayloadError, ProtocolError
+from fedshield.federation.coordinator import utcnow
+from fedshield.federation.service import CoordinatorService
+from fedshield.identity import Identity, identity_from_der
+from fedshield.tensors import decode
+from fedshield.transport.messages import META_HEADER, ErrorBody, EvaluationResult, FitMeta
+
+__all__ = ["create_app", "serve"]
+
+_SCOPE_KEY = "fedshield.peer_cert_der"
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class _PeerCertH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, plus the verified client certificate in every scope."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        inner: ASGIApp = self.app
+
+        async def with_peer(scope: Scope, receive: Receive, send: Send) -> None:
+            scope.setdefault("extensions", {})[_SCOPE_KEY] = der
+            await inner(scope, receive, send)
+
+        self.app = with_peer
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.hint = hint
+
+
+def _error(status: int, message: str, hint: str = "") -> JSONResponse:
+    return JSONResponse(ErrorBody(error=message, hint=hint).model_dump(), status_code=status)
+
+
+def _caller(request: Request, *roles: str) -> Identity:
+    der = request.scope.get("extensions", {}).get(_SCOPE_KEY)
+    if not der:
+        raise _Refused(401, "a client certificate is required")
+    try:
+        identity = identity_from_der(der)
+    except IdentityError as exc:
+        raise _Refused(403, "the client certificate carries no fedshield identity") from exc
+    if identity.role not in roles:
+        raise _Refused(403, f"role {identity.role!r} may not do this")
+    return identity
+
+
+async def _read_body(request: Request, *, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise _Refused(400, "Content-Length is not a number")
+        if int(declared) > limit:
+            raise _Refused(413, f"payload is {declared} bytes, over the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _Refused(413, f"payload exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(service: CoordinatorService) -> FastAPI:
+    """Build the coordinator API around ``service``."""
+    coordinator = service.coordinator
+    limit = service.config.transport.max_payload_bytes
+    long_poll_s = service.config.coordinator.long_poll_s
+    app = FastAPI(title="fedshield coordinator", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(_Refused)
+    async def _refused(request: Request, exc: _Refused) -> JSONResponse:
+        return _error(exc.status, exc.message, exc.hint)
+
+    def participant(request: Request) -> str:
+        identity = _caller(request, "participant")
+        if identity.name not in service.names:
+            raise _Refused(403, f"participant {identity.name!r} is not enrolled in this federation")
+        service.touch(identity.name)
+        return identity.name
+
+    @app.get("/v1/health")
+    async def health(request: Request) -> dict[str, str]:
+        _caller(request, "participant", "admin", "observer", "coordinator")
+        return {"status": "ok", "federation": service.config.federation.name}
+
+    @app.get("/v1/task")
+    async def task(request: Request, wait_s: float = 0.0) -> Response:
+        name = participant(request)
+        wait = min(max(wait_s, 0.0), long_poll_s)
+        message = await service.next_task(name, wait_s=wait)
+        if message is None:
+            return Response(status_code=204)
+        return Response(message.model_dump_json(), media_type="application/json")
+
+    @app.get("/v1/models/{sha3}")
+    async def model(request: Request, sha3: str) -> Response:
+        participant(request)
+        data = await asyncio.to_thread(service.model_bytes, sha3)
+        if data is None:
+            return _error(404, "no such model is being distributed", "Poll /v1/task again.")
+        return Response(data, media_type="application/octet-stream")
+
+    @app.post("/v1/rounds/{round_number}/update")
+    async def update(request: Request, round_number: int) -> Response:
+        name = participant(request)
+        try:
+            meta = FitMeta.model_validate_json(request.headers.get(META_HEADER, ""))
+        except ValidationError:
+            return _error(400, f"missing or invalid {META_HEADER} header")
+        if meta.round != round_number:
+            return _error(400, "the round in the path and in the metadata differ")
+        body = await _read_body(request, limit=limit)
+        try:
+            weights = await asyncio.to_thread(
+                decode, body, layout=coordinator.layout, max_bytes=limit
+            )
+            await asyncio.to_thread(
+                coordinator.submit_fit,
+                name,
+                round=meta.round,
+                attempt=meta.attempt,
+                model_sha3=meta.model_sha3,
+                num_examples=meta.num_examples,
+                update=weights,
+                metrics=meta.metrics,
+                now=utcnow(),
+            )
+        except PayloadError as exc:
+            coordinator.reject(name, exc.message)
+            return _error(422, exc.message, exc.hint)
+        except ProtocolError as exc:
+            return _error(409, exc.message, exc.hint)
+        return Response(json.dumps({"accepted": True}), media_type="application/json")
+
+    @app.post("/v1/rounds/{round_number}/evaluation")
+    async def evaluation(request: Request, round_number: int) -> Response:
+        name = participant(request)
+        body = await _read_body(request, limit=64 * 1024)
+        try:
+            result = EvaluationResult.model_validate_json(body)
+        except ValidationError:
+            return _error(400, "evaluation body is not a valid EvaluationResult")
+        if result.round != round_number:
+            return _error(400, "the round in the path and in the body differ")
+        try:
+            coordinator.submit_evaluation(
+                name,
+                round=result.round,
+                attempt=result.attempt,
+                model_sha3=result.model_sha3,
+                num_examples=result.num_examples,
+                metrics=result.metrics,
+                now=utcnow(),
+            )
+        except PayloadError as exc:
+            return _error(422, exc.message, exc.hint)
+        except ProtocolError as exc:
+            return _error(409, exc.message, exc.hint)
+        return Response(json.dumps({"accepted": True}), media_type="application/json")
+
+    @app.get("/v1/status")
+    async def status(request: Request) -> dict[str, Any]:
+        _caller(request, "admin", "observer")
+        return await asyncio.to_thread(service.status)
+
+    @app.exception_handler(FedshieldError)
+    async def _fedshield_error(request: Request, exc: FedshieldError) -> JSONResponse:
+        return _error(400, exc.message, exc.hint)
+
+    return app
+
+
+def serve(
+    service: CoordinatorService,
+    *,
+    ssl_context: ssl.SSLContext,
+    sock: socket.socket,
+) -> None:
+    """Serve the API on the bound socket until the federation ends (blocking)."""
+    app = create_app(service)
+    config = uvicorn.Config(
+        app,
+        http=_PeerCertH11Protocol,
+        ws="none",
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
+    config.load()
+    config.ssl = ssl_context
+    server = uvicorn.Server(config)
+
+    def stop() -> None:
+        server.should_exit = True
+
+    async def main() -> None:
+        driver = asyncio.create_task(service.drive(stop))
+        # A driver that dies (say, the database disappears) must stop the server too.
+        driver.add_done_callback(lambda _: stop())
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            if not driver.done():
+                driver.cancel()
+            await asyncio.gather(driver, return_exceptions=True)
+        if not driver.cancelled() and driver.exception() is not None:
+            raise driver.exception()  # type: ignore[misc]
+
+    asyncio.run(main())
