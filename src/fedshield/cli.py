@@ -142,6 +142,11 @@ def demo(
 
     cfg = _load(config, participants=participants, rounds=rounds)
     cfg = cfg.model_copy(update={"coordinator": cfg.coordinator.model_copy(update={"port": 0})})
+    if cfg.rounds.min_available is None:
+        # Every organization of the demo starts at once: let round 1 wait for all of them.
+        count = len(cfg.participants.resolved_names())
+        rounds_cfg = cfg.rounds.model_copy(update={"min_available": count})
+        cfg = cfg.model_copy(update={"rounds": rounds_cfg})
     console = _console(json_path)
     names = cfg.participants.resolved_names()
     console.print(

@@ -42,7 +42,14 @@ from fedshield.federation.round import (
     RoundPolicy,
     RoundRetried,
 )
-from fedshield.storage import BlobStore, Database, EventLog, ModelRegistry, RoundLog
+from fedshield.storage import (
+    BlobStore,
+    Database,
+    EventLog,
+    ModelRegistry,
+    RoundLog,
+    RoundRecord,
+)
 from fedshield.tensors import Layout, Weights
 from fedshield.training.datasets import DataSpec
 from fedshield.training.local import evaluate
@@ -56,7 +63,7 @@ from fedshield.training.tasks import (
     resolve_task,
 )
 
-__all__ = ["Committed", "Coordinator", "data_spec", "utcnow"]
+__all__ = ["Committed", "Coordinator", "data_spec", "round_entry", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -74,7 +81,14 @@ def data_spec(
         assert data.csv_dir is not None
         root = (base_dir / data.csv_dir).resolve()
         if participant is not None:
-            csv_path = str(root / f"{participant}.csv")
+            path = root / f"{participant}.csv"
+            if not path.is_file():
+                raise ConfigError(
+                    f"participant {participant!r} has no data: {path} does not exist",
+                    hint="data.csv_dir must hold one <participant>.csv per participant; "
+                    "for examples/breast_cancer.toml run `python examples/breast_cancer_sites.py`.",
+                )
+            csv_path = str(path)
     if data.server_csv:
         server_csv = str((base_dir / data.server_csv).resolve())
     return DataSpec(
@@ -108,6 +122,28 @@ class Committed:
 
 
 Report = Event | Committed
+
+
+def round_entry(record: RoundRecord) -> dict[str, Any]:
+    """Return a round log record as the JSON-able dict the status API and CLI show."""
+    elapsed = None
+    if record.finished_at is not None:
+        elapsed = round((record.finished_at - record.started_at).total_seconds(), 3)
+    return {
+        "round": record.number,
+        "attempt": record.attempt,
+        "kind": record.kind,
+        "status": record.status,
+        "base_version": record.base_version,
+        "answered": list(record.answered),
+        "dropped": list(record.dropped),
+        "reason": record.reason,
+        "model_version": record.model_version,
+        "metrics": dict(record.metrics),
+        "started_at": record.started_at.isoformat(),
+        "finished_at": record.finished_at.isoformat() if record.finished_at else None,
+        "elapsed_s": elapsed,
+    }
 
 
 @dataclass
@@ -408,22 +444,7 @@ class Coordinator:
         with self._lock:
             current = self.machine.current
             head = self.machine.head
-            history = [
-                {
-                    "round": r.number,
-                    "attempt": r.attempt,
-                    "kind": r.kind,
-                    "status": r.status,
-                    "answered": list(r.answered),
-                    "dropped": list(r.dropped),
-                    "reason": r.reason,
-                    "model_version": r.model_version,
-                    "metrics": dict(r.metrics),
-                    "started_at": r.started_at.isoformat(),
-                    "finished_at": r.finished_at.isoformat() if r.finished_at else None,
-                }
-                for r in self.rounds.list()
-            ]
+            history = [round_entry(r) for r in self.rounds.list()]
             return {
                 "federation": self.config.federation.name,
                 "phase": str(self.machine.phase),

@@ -9,7 +9,24 @@ from fedshield import _toml
 from fedshield.config import FederationConfig
 from fedshield.identity import KitSpec, ProvisionResult, provision
 
-__all__ = ["provision_federation", "write_config"]
+__all__ = ["absolute_data_paths", "provision_federation", "write_config"]
+
+
+def absolute_data_paths(config: FederationConfig, base_dir: Path) -> FederationConfig:
+    """Return ``config`` with its CSV paths resolved against ``base_dir``.
+
+    Relative paths in a federation file are relative to that file; a copy written
+    elsewhere (the demo's workdir, a participant kit) must carry absolute ones.
+    """
+    data = config.data
+    update: dict[str, str] = {}
+    if data.csv_dir:
+        update["csv_dir"] = str((base_dir / data.csv_dir).resolve())
+    if data.server_csv:
+        update["server_csv"] = str((base_dir / data.server_csv).resolve())
+    if not update:
+        return config
+    return config.model_copy(update={"data": data.model_copy(update=update)})
 
 
 def write_config(config: FederationConfig, path: Path) -> None:
@@ -35,11 +52,7 @@ def provision_federation(
     """
     names = config.participants.resolved_names()
     url = coordinator_url or f"https://{config.coordinator.host}:{config.coordinator.port}"
-    data = config.data.model_dump(mode="json")
-    if data.get("csv_dir"):
-        data["csv_dir"] = str((base_dir / data["csv_dir"]).resolve())
-    if data.get("server_csv"):
-        data["server_csv"] = str((base_dir / data["server_csv"]).resolve())
+    data = absolute_data_paths(config, base_dir).data.model_dump(mode="json")
     extra: dict[str, dict[str, str]] = {}
     for index, name in enumerate(names):
         document = {

@@ -24,8 +24,8 @@ from typing import IO, Any
 
 from fedshield.config import FederationConfig
 from fedshield.errors import ConfigError, RoundFailedError, TransportError
-from fedshield.federation.coordinator import utcnow
-from fedshield.federation.kits import provision_federation, write_config
+from fedshield.federation.coordinator import round_entry, utcnow
+from fedshield.federation.kits import absolute_data_paths, provision_federation, write_config
 from fedshield.identity import Kit, client_ssl_context
 from fedshield.storage import Database, ModelRegistry, RoundLog
 from fedshield.storage.blobs import BlobStore
@@ -58,7 +58,8 @@ class ProcessGroup:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = (self.log_dir / f"{name}.log").open("wb")
         self._logs.append(log)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # Many small torch processes on few cores: one thread each avoids oversubscription.
+        env = {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
             [sys.executable, "-m", "fedshield", *args],
             stdout=log,
@@ -183,6 +184,7 @@ def run_demo(
     started = time.monotonic()
     prepare_workdir(workdir)
     config_path = workdir / "federation.toml"
+    config = absolute_data_paths(config, base_dir)
     write_config(config, config_path)
     kits = provision_federation(config, out_dir=workdir / "kits", base_dir=base_dir, now=utcnow())
     host = config.coordinator.host
@@ -194,9 +196,13 @@ def run_demo(
         for name, kit_dir in kits.participant_dirs.items():
             group.start(name, ["participant", "--kit", str(kit_dir), "--coordinator", url])
         admin = Kit.load(kits.admin_dir)
-        status = _follow(group, url, admin, on_round, deadline=started + timeout_s)
+        status, shown = _follow(group, url, admin, on_round, deadline=started + timeout_s)
         coordinator = group.procs["coordinator"]
         coordinator.wait(timeout=60)
+        # The coordinator may have finished between two status polls: catch up from
+        # what it committed.
+        for entry in _finished_rounds(workdir / "coordinator")[shown:]:
+            on_round(entry)
         for name in kits.participant_dirs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 group.procs[name].wait(timeout=30)
@@ -220,7 +226,7 @@ def _follow(
     on_round: Callable[[dict[str, Any]], None],
     *,
     deadline: float,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], int]:
     shown = 0
     status: dict[str, Any] = {}
     with CoordinatorClient(
@@ -247,7 +253,15 @@ def _follow(
             time.sleep(0.5)
         else:
             raise RoundFailedError("the demo did not finish in time")
-    return status
+    return status, shown
+
+
+def _finished_rounds(coordinator_workdir: Path) -> list[dict[str, Any]]:
+    db = Database.for_workdir(coordinator_workdir)
+    try:
+        return [round_entry(r) for r in RoundLog(db).list() if r.status != "running"]
+    finally:
+        db.close()
 
 
 def summarize(coordinator_workdir: Path, *, config: FederationConfig) -> dict[str, Any]:
