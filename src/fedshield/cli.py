@@ -95,9 +95,7 @@ def _load(config: Path | None, *, participants: int | None, rounds: int | None) 
     if participants is not None:
         cfg = cfg.with_participants(participants)
     if rounds is not None:
-        if rounds < 1:
-            raise ConfigError(f"--rounds must be >= 1, got {rounds}")
-        cfg = cfg.model_copy(update={"rounds": cfg.rounds.model_copy(update={"count": rounds})})
+        cfg = cfg.with_rounds(rounds)
     return cfg
 
 
@@ -521,4 +519,6 @@ def main(argv: list[str] | None = None) -> None:
             "[dim]hint:[/] this is a bug; rerun with FEDSHIELD_DEBUG=1 and report the traceback."
         )
         sys.exit(70)
+    if code == 130:  # click turns Ctrl-C into a return code in non-standalone mode
+        _err.print("interrupted")
     sys.exit(code if isinstance(code, int) else 0)

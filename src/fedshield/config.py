@@ -22,7 +22,6 @@ value and what is allowed.
 
 from __future__ import annotations
 
-import math
 import re
 import tomllib
 from pathlib import Path
@@ -210,23 +209,24 @@ class FederationConfig(_Section):
         return self
 
     def with_participants(self, count: int) -> FederationConfig:
-        """Return a copy with ``count`` generated participant names."""
+        """Return a copy with ``count`` generated participant names (validated again)."""
         if count < 1:
             raise ConfigError(f"--participants must be >= 1, got {count}")
-        participants = self.participants.model_copy(update={"count": count, "names": ()})
-        rounds = self.rounds
-        if rounds.min_participants > count:
-            rounds = rounds.model_copy(update={"min_participants": count})
-        if rounds.per_round is not None and rounds.per_round > count:
-            rounds = rounds.model_copy(update={"per_round": count})
-        if rounds.min_available is not None and rounds.min_available != count:
-            rounds = rounds.model_copy(update={"min_available": min(rounds.min_available, count)})
-        return self.model_copy(update={"participants": participants, "rounds": rounds})
+        data = self.model_dump()
+        data["participants"].update(count=count, names=())
+        rounds = data["rounds"]
+        rounds["min_participants"] = min(rounds["min_participants"], count)
+        if rounds["per_round"] is not None:
+            rounds["per_round"] = min(rounds["per_round"], count)
+        if rounds["min_available"] is not None:
+            rounds["min_available"] = min(rounds["min_available"], count)
+        return parse_config(data, source="--participants")
 
-    def expected_selection(self, available: int) -> int:
-        """Return how many of ``available`` participants a round selects."""
-        wanted = self.rounds.per_round or math.ceil(self.rounds.fraction * available)
-        return min(available, max(wanted, self.rounds.min_participants))
+    def with_rounds(self, count: int) -> FederationConfig:
+        """Return a copy with ``count`` rounds (validated again)."""
+        data = self.model_dump()
+        data["rounds"]["count"] = count
+        return parse_config(data, source="--rounds")
 
 
 def _describe(error: dict[str, Any]) -> str:

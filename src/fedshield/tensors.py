@@ -71,12 +71,14 @@ def weights_sha3(weights: Mapping[str, np.ndarray]) -> str:
     h = hashlib.sha3_256(b"fedshield/weights/v1\x00")
     for name in sorted(weights):
         arr = np.ascontiguousarray(weights[name])
+        # The hash is over values, not memory layout: normalise to little-endian first.
+        arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
         encoded = name.encode()
         dtype = arr.dtype.str.encode()
         h.update(struct.pack("<I", len(encoded)) + encoded)
         h.update(struct.pack("<I", len(dtype)) + dtype)
         h.update(struct.pack("<I", arr.ndim) + struct.pack(f"<{arr.ndim}q", *arr.shape))
-        h.update(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
+        h.update(arr.tobytes())
     return h.hexdigest()
 
 

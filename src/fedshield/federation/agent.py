@@ -24,7 +24,13 @@ from fedshield.federation.coordinator import data_spec
 from fedshield.federation.participant import LocalTrainer, train_config_of
 from fedshield.identity import Kit, client_ssl_context
 from fedshield.tensors import Layout
-from fedshield.training.tasks import TaskContext, call_task, model_weights, resolve_task
+from fedshield.training.tasks import (
+    TaskContext,
+    TaskParts,
+    call_task,
+    model_weights,
+    resolve_task,
+)
 from fedshield.transport.client import CoordinatorClient, RejectedError
 from fedshield.transport.messages import EvaluationResult, FitMeta, TaskMessage
 
@@ -160,7 +166,7 @@ def run_agent(
 
 def _work(
     client: CoordinatorClient,
-    parts: object,
+    parts: TaskParts,
     layout: Layout,
     task: TaskMessage,
     me: ParticipantSection,
@@ -173,9 +179,6 @@ def _work(
             f"coordinator asks for task {got!r} but this site runs {me.task!r}",
             hint="A site only runs the task named in its own participant.toml.",
         )
-    from fedshield.training.tasks import TaskParts
-
-    assert isinstance(parts, TaskParts)
     weights = client.fetch_model(task.model_sha3, layout=layout)
     trainer = LocalTrainer(
         parts, config=train_config_of(task.task), seed=me.seed + me.partition_index

@@ -47,6 +47,7 @@ from fedshield.storage import (
     Database,
     EventLog,
     ModelRegistry,
+    Participants,
     RoundLog,
     RoundRecord,
 )
@@ -173,6 +174,7 @@ class Coordinator:
         self.registry = ModelRegistry(self.db, BlobStore(workdir / "models"))
         self.rounds = RoundLog(self.db)
         self.events = EventLog(self.db)
+        self.participants = Participants(self.db)
         self.names = config.participants.resolved_names()
         self._timing = _Timing()
         spec = data_spec(
@@ -271,6 +273,19 @@ class Coordinator:
 
     # -- writes ------------------------------------------------------------------------
 
+    def participant_seen(
+        self, name: str, *, organization: str, cert_sha256: str, now: datetime
+    ) -> None:
+        """Record that an enrolled participant made contact with this certificate."""
+        with self._lock:
+            self.participants.seen(
+                name=name,
+                organization=organization,
+                role="participant",
+                cert_sha256=cert_sha256,
+                now=now,
+            )
+
     def submit_fit(self, participant: str, **kwargs: Any) -> None:
         """Forward a fit result to the machine (see :meth:`RoundMachine.submit_fit`)."""
         with self._lock:
@@ -337,9 +352,18 @@ class Coordinator:
             )
             return [event]
         if isinstance(event, RoundRetried | FederationFailed):
-            status = "failed"
+            if self._row_id is None:
+                # The round never opened (too few participants joined): log it anyway.
+                self._row_id = self.rounds.start(
+                    number=event.round,
+                    attempt=event.attempt,
+                    kind=event.kind,
+                    base_version=self.machine.head.version,
+                    selected=(),
+                    now=now,
+                )
             self._finish(
-                status,
+                "failed",
                 answered=event.answered,
                 dropped=event.dropped,
                 reason=event.reason,
@@ -379,18 +403,7 @@ class Coordinator:
         metrics: Mapping[str, float],
         now: datetime,
     ) -> None:
-        if self._row_id is None:
-            # A round that never opened (too few participants joined): log it anyway.
-            current = self.machine.current
-            number = current[0] if current else self.machine.completed_rounds + 1
-            self._row_id = self.rounds.start(
-                number=number,
-                attempt=1,
-                kind="fit",
-                base_version=self.machine.head.version,
-                selected=(),
-                now=now,
-            )
+        assert self._row_id is not None, "a round is finished only after it started"
         self.rounds.finish(
             self._row_id,
             status=status,

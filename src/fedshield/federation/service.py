@@ -16,7 +16,7 @@ from typing import Any
 
 from fedshield.config import FederationConfig
 from fedshield.federation.coordinator import Coordinator, Report, utcnow
-from fedshield.federation.round import FederationFailed, FederationFinished, RoundOpened
+from fedshield.federation.round import FederationFailed, FederationFinished
 from fedshield.tensors import encode
 from fedshield.transport.messages import TaskMessage
 
@@ -45,6 +45,7 @@ class CoordinatorService:
         self._seen: dict[str, float] = {}
         self._polling: dict[str, int] = {}
         self._told_end: set[str] = set()
+        self._recorded: dict[str, float] = {}
         self._end: TaskMessage | None = None
         self._end_since = 0.0
         self._changed: asyncio.Event | None = None
@@ -68,6 +69,16 @@ class CoordinatorService:
     def touch(self, name: str) -> None:
         """Record that ``name`` is alive."""
         self._seen[name] = time.monotonic()
+
+    def record_contact(self, name: str, *, organization: str, cert_sha256: str) -> None:
+        """Persist a participant's contact; at most once a minute per participant."""
+        now = time.monotonic()
+        if now - self._recorded.get(name, -1e9) < 60.0:
+            return
+        self._recorded[name] = now
+        self.coordinator.participant_seen(
+            name, organization=organization, cert_sha256=cert_sha256, now=utcnow()
+        )
 
     def available(self) -> set[str]:
         """Participants polling now or seen within the liveness window."""
@@ -169,6 +180,3 @@ class CoordinatorService:
         status["available"] = sorted(self.available())
         status["ended"] = self._end.kind if self._end else None
         return status
-
-
-_ = RoundOpened  # re-exported for type users of on_report

@@ -125,6 +125,11 @@ def create_app(service: CoordinatorService) -> FastAPI:
         if identity.name not in service.names:
             raise _Refused(403, f"participant {identity.name!r} is not enrolled in this federation")
         service.touch(identity.name)
+        service.record_contact(
+            identity.name,
+            organization=identity.organization,
+            cert_sha256=identity.fingerprint_sha256,
+        )
         return identity.name
 
     @app.get("/v1/health")
