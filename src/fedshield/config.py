@@ -45,6 +45,8 @@ __all__ = [
     "parse_config",
 ]
 
+_HOUR_S = 3600.0
+_WEEK_S = 7 * 24 * 3600.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -142,9 +144,9 @@ class RoundsConfig(_Section):
     per_round: int | None = Field(default=None, ge=1)
     min_participants: int = Field(default=2, ge=1)
     min_available: int | None = Field(default=None, ge=1)
-    fit_timeout_s: float = Field(default=120.0, gt=0.0)
-    evaluate_timeout_s: float = Field(default=60.0, gt=0.0)
-    join_timeout_s: float = Field(default=120.0, gt=0.0)
+    fit_timeout_s: float = Field(default=120.0, gt=0.0, le=_WEEK_S)
+    evaluate_timeout_s: float = Field(default=60.0, gt=0.0, le=_WEEK_S)
+    join_timeout_s: float = Field(default=120.0, gt=0.0, le=_WEEK_S)
     max_retries: int = Field(default=2, ge=0, le=100)
     final_evaluation: bool = True
 
@@ -169,11 +171,11 @@ class TransportConfig(_Section):
     """Limits, timeouts and retry policy of the HTTPS transport."""
 
     max_payload_bytes: int = Field(default=256 * 2**20, ge=1024)
-    request_timeout_s: float = Field(default=60.0, gt=0.0)
+    request_timeout_s: float = Field(default=60.0, gt=0.0, le=_HOUR_S)
     max_retries: int = Field(default=6, ge=0, le=100)
-    backoff_base_s: float = Field(default=0.25, gt=0.0)
-    backoff_max_s: float = Field(default=10.0, gt=0.0)
-    reconnect_timeout_s: float = Field(default=300.0, gt=0.0)
+    backoff_base_s: float = Field(default=0.25, gt=0.0, le=_HOUR_S)
+    backoff_max_s: float = Field(default=10.0, gt=0.0, le=_HOUR_S)
+    reconnect_timeout_s: float = Field(default=300.0, gt=0.0, le=_WEEK_S)
 
 
 class FederationConfig(_Section):

@@ -82,11 +82,13 @@ def weights_sha3(weights: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def flatten(weights: Mapping[str, np.ndarray], layout: Layout) -> np.ndarray:
-    """Concatenate ``weights`` into one float64 vector in ``layout`` order."""
+def flatten(
+    weights: Mapping[str, np.ndarray], layout: Layout, *, dtype: type = np.float64
+) -> np.ndarray:
+    """Concatenate ``weights`` into one vector of ``dtype`` in ``layout`` order."""
     if not layout.names:
-        return np.zeros(0, dtype=np.float64)
-    return np.concatenate([np.asarray(weights[n], dtype=np.float64).ravel() for n in layout.names])
+        return np.zeros(0, dtype=dtype)
+    return np.concatenate([np.asarray(weights[n], dtype=dtype).ravel() for n in layout.names])
 
 
 def unflatten(vector: np.ndarray, layout: Layout) -> Weights:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -150,7 +150,7 @@ def round_entry(record: RoundRecord) -> dict[str, Any]:
 @dataclass
 class _Timing:
     opened_at: float = 0.0
-    aggregate_s: list[float] = field(default_factory=list)
+    aggregate_s: float = 0.0
 
 
 class Coordinator:
@@ -165,8 +165,10 @@ class Coordinator:
         now: datetime,
         rng: np.random.Generator | None = None,
         actor: str = "coordinator",
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.config = config
+        self._clock = clock
         self.workdir = workdir
         self.actor = actor
         self._lock = threading.RLock()
@@ -307,7 +309,11 @@ class Coordinator:
             if self.machine.phase is Phase.WAITING:
                 self._follow_rollback()
             reports: list[Report] = []
-            for event in self.machine.tick(now, available):
+            started = time.perf_counter()
+            events = self.machine.tick(now, available)
+            # Closing a fit round aggregates inside tick(); time it for the round log.
+            self._timing.aggregate_s = time.perf_counter() - started
+            for event in events:
                 reports.extend(self._handle(event, now))
             return reports
 
@@ -417,23 +423,30 @@ class Coordinator:
         self._row_id = None
 
     def _commit(self, request: CommitRequest, now: datetime) -> Committed:
+        started = time.perf_counter()
         metrics = {**request.metrics, **self._server_metrics(request.weights)}
+        # Stamp the commit when it happens, not when the tick that closed the round began.
         version = self.registry.commit(
             request.weights,
             parent=request.parent.version,
             round=request.round,
             metrics=metrics,
-            now=now,
+            now=self._clock(),
             actor=self.actor,
         )
+        # Coordinator-side timings go to the round log only, not to the model's metrics.
+        timings = {
+            "coordinator_aggregate_s": self._timing.aggregate_s,
+            "coordinator_commit_s": time.perf_counter() - started,
+        }
         self._finish(
             "committed",
             answered=request.answered,
             dropped=request.dropped,
             reason=None,
             version=version.version,
-            metrics=metrics,
-            now=now,
+            metrics={**metrics, **timings},
+            now=self._clock(),
         )
         ref = ModelRef(version.version, version.sha3)
         self.machine.committed(ref, request.weights)

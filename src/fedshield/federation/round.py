@@ -434,9 +434,9 @@ class RoundMachine:
                 {p: dict(op.metrics[p]) for p in answered},
             )
             return [evaluated, FederationFinished(model=self._head)]
-        updates = np.stack([op.vectors[p] for p in answered])
+        # Sorted order, not arrival order: the same updates always give the same model.
         weights = np.array([op.examples[p] for p in answered], dtype=np.float64)
-        mean_update = weighted_mean(updates, weights=weights)
+        mean_update = weighted_mean([op.vectors[p] for p in answered], weights=weights)
         new_vector = self.optimizer.step(self._head_vector, mean_update)
         new_weights = unflatten(new_vector, self._layout)
         self._phase = Phase.COMMITTING
@@ -546,7 +546,7 @@ class RoundMachine:
         try:
             if Layout.of(update) != self._layout:
                 raise PayloadError("update tensor names or shapes do not match the model")
-            vector = flatten(update, self._layout).astype(np.float32)
+            vector = flatten(update, self._layout, dtype=np.float32)
             if not np.isfinite(vector).all():
                 raise PayloadError("update contains NaN or Inf values")
             clean = _check_metrics(metrics)

@@ -10,6 +10,7 @@ coordinator exits, or the grace period runs out).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +51,7 @@ class CoordinatorService:
         self._end_since = 0.0
         self._changed: asyncio.Event | None = None
         self._model_cache: tuple[str, bytes] | None = None
+        self._wake: asyncio.Event | None = None
 
     @property
     def end(self) -> TaskMessage | None:
@@ -141,8 +143,19 @@ class CoordinatorService:
 
     # -- driver ---------------------------------------------------------------------
 
+    def wake(self) -> None:
+        """Make the driver step now (a result arrived), instead of at its next tick."""
+        if self._wake is not None:
+            self._wake.set()
+
     async def drive(self, should_exit: Callable[[], Any]) -> None:
-        """Tick the coordinator until the federation ends and everyone was told."""
+        """Tick the coordinator until the federation ends and everyone was told.
+
+        The driver steps when a result arrives (:meth:`wake`), again at once after
+        anything happened (a commit may open the next round), and otherwise every
+        ``tick_s`` for deadlines and joins.
+        """
+        self._wake = asyncio.Event()
         while True:
             reports = await asyncio.to_thread(self.coordinator.step, utcnow(), self.available())
             for report in reports:
@@ -167,7 +180,11 @@ class CoordinatorService:
                 if everyone_told or time.monotonic() - self._end_since > self.end_grace_s:
                     should_exit()
                     return
-            await asyncio.sleep(self.tick_s)
+            if reports:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.tick_s)
+            self._wake.clear()
 
     def _set_end(self, message: TaskMessage) -> None:
         if self._end is None:

@@ -11,6 +11,7 @@ Pure numpy, float64 throughout, no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -20,22 +21,34 @@ from fedshield.errors import ConfigError, PayloadError
 __all__ = ["FedAvg", "ServerOptimizer", "make_server_optimizer", "weighted_mean"]
 
 
-def weighted_mean(updates: np.ndarray, *, weights: np.ndarray) -> np.ndarray:
-    """Return the weighted mean of ``updates`` (n, d) with non-negative ``weights`` (n,).
+def weighted_mean(updates: np.ndarray | Sequence[np.ndarray], *, weights: np.ndarray) -> np.ndarray:
+    """Return the weighted mean of ``updates`` (n vectors of length d) as float64.
 
-    Computed in float64 as one BLAS matrix-vector product.
+    ``updates`` may be an (n, d) array or a sequence of n 1-D vectors (float32 is fine:
+    each is promoted while it is added, so no (n, d) float64 copy is ever made). The
+    sum runs in the given order, so the same inputs always give the same bits.
     """
-    if updates.ndim != 2:
+    if isinstance(updates, np.ndarray) and updates.ndim != 2:
         raise PayloadError(f"updates must be a 2-D (n, d) array, got shape {updates.shape}")
-    if weights.shape != (updates.shape[0],):
-        raise PayloadError(f"weights have shape {weights.shape}, expected ({updates.shape[0]},)")
+    vectors = list(updates)
+    if weights.shape != (len(vectors),):
+        raise PayloadError(f"weights have shape {weights.shape}, expected ({len(vectors)},)")
+    if not vectors:
+        raise PayloadError("no updates to average")
+    shape = vectors[0].shape
+    if len(shape) != 1 or any(v.shape != shape for v in vectors):
+        raise PayloadError("updates must be 1-D vectors of one length")
     w = weights.astype(np.float64)
     if (w < 0).any() or not np.isfinite(w).all():
         raise PayloadError("weights must be finite and >= 0")
     total = w.sum()
     if total <= 0:
         raise PayloadError("weights sum to 0: no participant reported any examples")
-    return np.asarray((w / total) @ updates.astype(np.float64, copy=False))
+    acc = np.zeros(shape, dtype=np.float64)
+    for share, vector in zip(w / total, vectors, strict=True):
+        if share:
+            acc += share * vector
+    return acc
 
 
 class ServerOptimizer(Protocol):

@@ -99,14 +99,12 @@ async def _read_body(request: Request, *, limit: int) -> bytes:
             raise _Refused(400, "Content-Length is not a number")
         if int(declared) > limit:
             raise _Refused(413, f"payload is {declared} bytes, over the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
+    body = bytearray()
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+        if len(body) + len(chunk) > limit:
             raise _Refused(413, f"payload exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        body += chunk
+    return bytes(body)
 
 
 def create_app(service: CoordinatorService) -> FastAPI:
@@ -184,6 +182,8 @@ def create_app(service: CoordinatorService) -> FastAPI:
             return _error(422, exc.message, exc.hint)
         except ProtocolError as exc:
             return _error(409, exc.message, exc.hint)
+        finally:
+            service.wake()
         return Response(json.dumps({"accepted": True}), media_type="application/json")
 
     @app.post("/v1/rounds/{round_number}/evaluation")
@@ -210,6 +210,8 @@ def create_app(service: CoordinatorService) -> FastAPI:
             return _error(422, exc.message, exc.hint)
         except ProtocolError as exc:
             return _error(409, exc.message, exc.hint)
+        finally:
+            service.wake()
         return Response(json.dumps({"accepted": True}), media_type="application/json")
 
     @app.get("/v1/status")
