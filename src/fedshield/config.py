@@ -233,7 +233,9 @@ class FederationConfig(_Section):
 
 def _describe(error: dict[str, Any]) -> str:
     loc = ".".join(str(p) for p in error.get("loc", ()))
-    msg = str(error.get("msg", "invalid"))
+    msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    if not loc:  # a check across keys: its message names them itself
+        return msg
     if error.get("type") == "extra_forbidden":
         return f"{loc}: unknown key (check the spelling; see examples/digits.toml)"
     if "input" in error and error.get("type") != "missing" and not isinstance(error["input"], dict):

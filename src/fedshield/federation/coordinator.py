@@ -298,10 +298,10 @@ class Coordinator:
         with self._lock:
             self.machine.submit_evaluation(participant, **kwargs)
 
-    def reject(self, participant: str, reason: str) -> None:
-        """Record a refused payload for the open round."""
+    def reject(self, participant: str, reason: str, *, round: int, attempt: int) -> None:
+        """Record a refused payload (see :meth:`RoundMachine.reject`)."""
         with self._lock:
-            self.machine.reject(participant, reason)
+            self.machine.reject(participant, reason, round=round, attempt=attempt)
 
     def step(self, now: datetime, available: Collection[str]) -> list[Report]:
         """Advance the machine and carry out the side effects of what happened."""

@@ -102,7 +102,8 @@ class RoundPolicy:
 
     def selection_size(self, available: int) -> int:
         """How many of ``available`` participants a fit round selects."""
-        wanted = self.per_round or math.ceil(self.fraction * available)
+        # round() first: 0.07 * 100 is 7.000000000000001 in floating point, not 8 people.
+        wanted = self.per_round or math.ceil(round(self.fraction * available, 9))
         return min(available, max(wanted, self.min_participants))
 
 
@@ -376,7 +377,10 @@ class RoundMachine:
         return []
 
     def _round_number(self, kind: Kind) -> int:
-        return self.completed_rounds + 1 if kind == "fit" else self.policy.rounds + 1
+        if kind == "fit":
+            return self.completed_rounds + 1
+        # After the last fit round (which may exceed a since-lowered rounds.count).
+        return max(self.policy.rounds, self.completed_rounds) + 1
 
     def _open_round(self, kind: Kind, pool: list[str], now: datetime) -> RoundOpened:
         if kind == "fit":
@@ -557,10 +561,15 @@ class RoundMachine:
         op.metrics[participant] = clean
         op.examples[participant] = num_examples
 
-    def reject(self, participant: str, reason: str) -> None:
-        """Record that ``participant``'s payload for the open round was refused."""
+    def reject(self, participant: str, reason: str, *, round: int, attempt: int) -> None:
+        """Record that ``participant``'s payload for round ``round`` was refused.
+
+        Only a payload meant for the open round and attempt counts against it.
+        """
         op = self._open
-        if op is not None and participant in op.selected and participant not in op.examples:
+        if op is None or (op.round, op.attempt) != (round, attempt):
+            return
+        if participant in op.selected and participant not in op.examples:
             op.rejected.setdefault(participant, reason)
 
     def submit_evaluation(
@@ -584,5 +593,10 @@ class RoundMachine:
             num_examples=num_examples,
             now=now,
         )
-        op.metrics[participant] = _check_metrics(metrics)
+        try:
+            clean = _check_metrics(metrics)
+        except PayloadError as exc:
+            op.rejected[participant] = exc.message
+            raise
+        op.metrics[participant] = clean
         op.examples[participant] = num_examples

@@ -174,4 +174,4 @@ def _play_round(coordinator: Coordinator, sites: _Sites, opened: RoundOpened) ->
                 )
         except FedshieldError as exc:
             # One participant's failure is its dropout, not the federation's.
-            coordinator.reject(name, exc.message)
+            coordinator.reject(name, exc.message, round=opened.round, attempt=opened.attempt)

@@ -178,7 +178,7 @@ def create_app(service: CoordinatorService) -> FastAPI:
                 now=utcnow(),
             )
         except PayloadError as exc:
-            coordinator.reject(name, exc.message)
+            coordinator.reject(name, exc.message, round=meta.round, attempt=meta.attempt)
             return _error(422, exc.message, exc.hint)
         except ProtocolError as exc:
             return _error(409, exc.message, exc.hint)
