@@ -43,11 +43,11 @@ FED = "fed-test"
 SHAPES = {"fc.bias": (3,), "fc.weight": (3, 2)}
 
 
-
 def _reject(m: RoundMachine, participant: str, reason: str) -> None:
     """Reject against the round and attempt that are open now."""
     assert m.current is not None
     m.reject(participant, reason, round=m.current[0], attempt=m.current[1])
+
 
 def at(seconds: float) -> datetime:
     """The fake clock: T0 plus some seconds."""

@@ -95,6 +95,7 @@ class CoordinatorClient:
             follow_redirects=False,
         )
         self._last_ok = time.monotonic()
+        self._ever_ok = False
         self.bytes_sent = 0
         self.bytes_received = 0
 
@@ -124,6 +125,7 @@ class CoordinatorClient:
         reconnect: bool = False,
     ) -> httpx.Response:
         attempt = 0
+        dropped_after_handshake = 0
         while True:
             failure: str
             try:
@@ -143,10 +145,15 @@ class CoordinatorClient:
                         "`fedshield provision` run (same federation CA).",
                     ) from exc
                 failure = f"{type(exc).__name__}: {exc}"
+                # With TLS 1.3 the server checks our certificate after our side of the
+                # handshake is done, and a refusal shows up as a bare disconnect.
+                if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+                    dropped_after_handshake += 1
             else:
                 self.bytes_received += len(response.content)
                 if response.status_code not in _RETRY_STATUS:
                     self._last_ok = time.monotonic()
+                    self._ever_ok = True
                     if content:
                         self.bytes_sent += len(content)
                     if response.status_code >= 400:
@@ -155,7 +162,18 @@ class CoordinatorClient:
                 failure = f"HTTP {response.status_code}"
             attempt += 1
             out_of_retries = attempt > self.max_retries
-            if reconnect:
+            never_accepted = not self._ever_ok and dropped_after_handshake == attempt
+            if never_accepted and out_of_retries:
+                # The coordinator accepted TCP, finished TLS and hung up every time, and
+                # has never answered us: it refuses this kit's certificate.
+                raise IdentityError(
+                    f"{self.base_url} closed every connection right after the TLS handshake "
+                    f"({attempt} attempts): it does not accept this kit's certificate",
+                    hint="The coordinator and this kit must come from the same "
+                    "`fedshield provision` run (same federation CA), and the certificate "
+                    "must not be expired or revoked.",
+                )
+            if reconnect and not never_accepted:
                 out_of_retries = time.monotonic() - self._last_ok > self.reconnect_timeout_s
             if out_of_retries:
                 raise TransportError(

@@ -161,7 +161,15 @@ def create_app(service: CoordinatorService) -> FastAPI:
             return _error(400, f"missing or invalid {META_HEADER} header")
         if meta.round != round_number:
             return _error(400, "the round in the path and in the metadata differ")
-        body = await _read_body(request, limit=limit)
+        try:
+            body = await _read_body(request, limit=limit)
+        except _Refused as exc:
+            # An oversized update is a refused payload like any other: the site is out
+            # of this round, which then closes as soon as the others have answered.
+            if exc.status == 413:
+                coordinator.reject(name, exc.message, round=meta.round, attempt=meta.attempt)
+            service.wake()
+            raise
         try:
             weights = await asyncio.to_thread(
                 decode, body, layout=coordinator.layout, max_bytes=limit
