@@ -57,6 +57,7 @@ class ParticipantSection(BaseModel):
     partition_index: int = Field(default=0, ge=0)
     num_partitions: int = Field(default=1, ge=1)
     long_poll_s: float = Field(default=20.0, gt=0, le=300)
+    batch_size: int = Field(default=32, ge=1, le=65536)
 
 
 class ParticipantFile(BaseModel):
@@ -112,7 +113,7 @@ def run_agent(
             f"kit certificate is for {kit.role} {kit.name!r} but participant.toml names {me.name!r}"
         )
     spec = data_spec(
-        settings.data, seed=me.seed, batch_size=32, participant=me.name, base_dir=kit.dir
+        settings.data, seed=me.seed, batch_size=me.batch_size, participant=me.name, base_dir=kit.dir
     )
     factory = resolve_task(me.task)
     ctx = TaskContext(

@@ -220,7 +220,12 @@ class Coordinator:
         self._head_weights = weights
         aborted = self.rounds.abort_running(reason="coordinator restarted", now=now)
         completed = self.rounds.last_completed_number()
-        evaluated = any(r.kind == "evaluate" and r.status == "done" for r in self.rounds.list())
+        # Finished means: the current head has had its final evaluation. More rounds
+        # (a raised rounds.count) or a rollback need a new one.
+        evaluated = any(
+            r.kind == "evaluate" and r.status == "done" and r.base_version == head.version
+            for r in self.rounds.list()
+        )
         self.events.record(
             actor=actor,
             action="coordinator.start",

@@ -65,6 +65,7 @@ def provision_federation(
                 "partition_index": index,
                 "num_partitions": len(names),
                 "long_poll_s": config.coordinator.long_poll_s,
+                "batch_size": config.task.batch_size,
             },
             "data": data,
             "transport": config.transport.model_dump(mode="json"),
