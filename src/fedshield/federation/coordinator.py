@@ -72,6 +72,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_CSV_HINT = (
+    "data.csv_dir must hold one <participant>.csv per participant (and data.server_csv "
+    "the coordinator's test set); for examples/breast_cancer.toml run "
+    "`python examples/breast_cancer_sites.py`."
+)
+
+
 def data_spec(
     data: DataConfig, *, seed: int, batch_size: int, participant: str | None, base_dir: Path
 ) -> DataSpec:
@@ -86,12 +93,17 @@ def data_spec(
             if not path.is_file():
                 raise ConfigError(
                     f"participant {participant!r} has no data: {path} does not exist",
-                    hint="data.csv_dir must hold one <participant>.csv per participant; "
-                    "for examples/breast_cancer.toml run `python examples/breast_cancer_sites.py`.",
+                    hint=_CSV_HINT,
                 )
             csv_path = str(path)
     if data.server_csv:
-        server_csv = str((base_dir / data.server_csv).resolve())
+        server_path = (base_dir / data.server_csv).resolve()
+        if participant is None and not server_path.is_file():
+            raise ConfigError(
+                f"data.server_csv {server_path} does not exist",
+                hint=_CSV_HINT,
+            )
+        server_csv = str(server_path)
     return DataSpec(
         dataset=data.dataset,
         partition=data.partition,

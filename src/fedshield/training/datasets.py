@@ -394,7 +394,8 @@ def _read_csv(path: Path, *, label_column: str) -> ArrayDataset:
     """Parse a CSV file into raw float32 features and int64 labels."""
     if not path.is_file():
         raise ConfigError(
-            f"CSV file {path} does not exist", hint="Check data.csv_path in the config."
+            f"CSV file {path} does not exist",
+            hint="Check data.csv_dir / data.server_csv in the federation file.",
         )
     try:
         with path.open(newline="", encoding="utf-8") as handle:
