@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -23,6 +22,12 @@ from fedshield.config import FederationConfig, load_config, parse_config
 from fedshield.errors import ConfigError, FedshieldError
 
 __all__ = ["app", "main"]
+
+# typer >= 0.23 vendors click; older typer uses click itself. Take the classes from
+# typer so that usage errors are caught whichever it is.
+_ClickException: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
+)
 
 app = typer.Typer(
     name="fedshield",
@@ -276,7 +281,9 @@ def coordinator(
     kit: Annotated[Path, typer.Option(help="The coordinator kit from `fedshield provision`.")],
     workdir: WorkdirOpt = Path("fedshield-coordinator"),
     host: Annotated[str | None, typer.Option(help="Listen address (default from config).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port; 0 picks a free one.")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")
+    ] = None,
     ready_file: Annotated[
         Path | None, typer.Option(help="Write the bound port here once listening.")
     ] = None,
@@ -289,14 +296,26 @@ def coordinator(
 
     cfg = load_config(config)
     kit_obj = Kit.load(kit)
+    kit_hint = "Use the kits/coordinator folder that `fedshield provision` wrote for this config."
     if kit_obj.role != "coordinator":
-        raise ConfigError(f"--kit {kit} is a {kit_obj.role} kit; the coordinator needs its own")
+        raise ConfigError(
+            f"--kit {kit} is a {kit_obj.role} kit; the coordinator needs its own", hint=kit_hint
+        )
     if kit_obj.federation != cfg.federation.name:
         raise ConfigError(
             f"--kit belongs to federation {kit_obj.federation!r}, the config is "
-            f"for {cfg.federation.name!r}"
+            f"for {cfg.federation.name!r}",
+            hint=kit_hint,
         )
-    core = Coordinator(cfg, workdir=workdir, base_dir=config.parent, now=utcnow())
+    # Bind first: a port in use is reported before the task and the workdir are touched.
+    bind_host = host or cfg.coordinator.host
+    bind_port = cfg.coordinator.port if port is None else port
+    sock = _bind(bind_host, bind_port)
+    try:
+        core = Coordinator(cfg, workdir=workdir, base_dir=config.parent, now=utcnow())
+    except BaseException:
+        sock.close()
+        raise
     if core.resumed_from is not None:
         _out.print(
             f"resuming from model version {core.resumed_from} "
@@ -321,9 +340,6 @@ def coordinator(
             )
 
     service = CoordinatorService(core, config=cfg, on_report=report)
-    bind_host = host or cfg.coordinator.host
-    bind_port = cfg.coordinator.port if port is None else port
-    sock = _bind(bind_host, bind_port)
     bound = sock.getsockname()[1]
     _out.print(
         f"coordinator for {cfg.federation.name!r} listening on https://{bind_host}:{bound} "
@@ -352,10 +368,11 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError as exc:
+    except (OSError, OverflowError) as exc:
         sock.close()
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
         raise ConfigError(
-            f"cannot listen on {host}:{port}: {exc.strerror}",
+            f"cannot listen on {host}:{port}: {reason}",
             hint="Pick another --port, or stop what is using it.",
         ) from exc
     sock.listen(128)
@@ -502,15 +519,12 @@ def main(argv: list[str] | None = None) -> None:
         if exc.hint:
             _err.print(f"[dim]hint:[/] {exc.hint}", soft_wrap=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         _err.print("interrupted")
         sys.exit(130)
-    except KeyboardInterrupt:
-        _err.print("interrupted")
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+    except _ClickException as exc:
+        exc.show()  # type: ignore[attr-defined]
+        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
     except Exception as exc:
         if os.environ.get("FEDSHIELD_DEBUG"):
             raise

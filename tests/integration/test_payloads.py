@@ -149,15 +149,12 @@ def test_malformed_updates_are_refused_and_rounds_commit_without_the_attacker(
         assert task.model_sha3 is not None
         head_sizes.append(len(encode(client.fetch_model(task.model_sha3))))
         oversize = b"\0" * (2 * LIMIT_BYTES)
-        reply = client.push_raw(3, oversize, meta_for(task))
-        assert reply.status_code == 413, reply.text
-        message = error_of(reply)
-        assert str(LIMIT_BYTES) in message and "limit" in message
 
         def chunks() -> Iterator[bytes]:
             for _ in range(8):
                 yield b"\0" * (LIMIT_BYTES // 4)
 
+        # Streamed in chunks (no Content-Length): cut off at the limit while reading.
         reply = client._client.post(
             "/v1/rounds/3/update",
             content=chunks(),
@@ -167,9 +164,15 @@ def test_malformed_updates_are_refused_and_rounds_commit_without_the_attacker(
             },
         )
         assert reply.status_code == 413, reply.text
-        assert str(LIMIT_BYTES) in error_of(reply)
+        message = error_of(reply)
+        assert str(LIMIT_BYTES) in message and "limit" in message
 
-        # Not counted as an answer: the round closes at its deadline with the others.
+        # A refused payload puts the site out of the round: the same body again, with a
+        # declared length this time, is refused before a byte of it is read.
+        reply = client.push_raw(3, oversize, meta_for(task))
+        assert reply.status_code == 409, reply.text
+
+        # Not counted as an answer: the round closes with the others.
         entry = wait_committed(federation, 3, timeout_s=30.0)
         assert entry["answered"] == honest
         assert attacker in entry["dropped"]

@@ -381,11 +381,16 @@ def test_parent_must_exist(registry: ModelRegistry, blobs: BlobStore) -> None:
     assert not blobs.exists(weights_sha3(make_weights(1)))
 
 
-def test_identical_weights_are_not_registered_twice(registry: ModelRegistry) -> None:
-    registry.commit(make_weights(0), parent=None, round=None, metrics={}, now=NOW)
-    with pytest.raises(StorageError, match="already registered as model version 0"):
-        registry.commit(make_weights(0), parent=0, round=1, metrics={}, now=NOW)
-    assert len(registry.list()) == 1
+def test_identical_weights_make_a_new_version_sharing_the_blob(
+    registry: ModelRegistry, blobs: BlobStore
+) -> None:
+    # A round whose updates cancel out is still a round: it gets its own version.
+    first = registry.commit(make_weights(0), parent=None, round=None, metrics={}, now=NOW)
+    again = registry.commit(make_weights(0), parent=0, round=1, metrics={}, now=NOW)
+    assert (again.version, again.parent, again.sha3) == (1, 0, first.sha3)
+    assert registry.head() == again
+    assert len(list(blobs.root.glob("*.safetensors"))) == 1
+    assert weights_sha3(registry.load(1)) == first.sha3
 
 
 def test_non_finite_metric_is_refused_before_anything_is_written(

@@ -158,8 +158,9 @@ def run_agent(
                     trained += task.kind == "fit"
                     evaluated += task.kind == "evaluate"
             except RejectedError as exc:
-                # A round that closed under us (deadline, restart) is not our failure.
-                if exc.status != 409:
+                # A round that closed under us (deadline, restart, a commit between the
+                # task and the download: 404) is not our failure: poll again.
+                if exc.status not in (404, 409):
                     raise
                 say(f"round {task.round}: result not accepted ({exc.message})")
     raise TaskError(f"participant stopped after {max_polls} polls without the federation ending")

@@ -34,6 +34,7 @@ from fedshield.federation.round import (
     Event,
     FederationFailed,
     FederationFinished,
+    Kind,
     ModelRef,
     Phase,
     RoundEvaluated,
@@ -231,7 +232,9 @@ class Coordinator:
                 ) from exc
         self._head_weights = weights
         aborted = self.rounds.abort_running(reason="coordinator restarted", now=now)
-        completed = self.rounds.last_completed_number()
+        # The model commit and the round-log entry are two transactions: a crash between
+        # them leaves the registry one round ahead, and the registry is the truth.
+        completed = max(self.rounds.last_completed_number(), head.round or 0)
         # Finished means: the current head has had its final evaluation. More rounds
         # (a raised rounds.count) or a rollback need a new one.
         evaluated = any(
@@ -305,6 +308,13 @@ class Coordinator:
                 now=now,
             )
 
+    def expects(
+        self, participant: str, *, kind: Kind, round: int, attempt: int, now: datetime
+    ) -> None:
+        """Raise unless ``participant`` owes this round a result (see the machine)."""
+        with self._lock:
+            self.machine.expects(participant, kind=kind, round=round, attempt=attempt, now=now)
+
     def submit_fit(self, participant: str, **kwargs: Any) -> None:
         """Forward a fit result to the machine (see :meth:`RoundMachine.submit_fit`)."""
         with self._lock:
@@ -321,18 +331,23 @@ class Coordinator:
             self.machine.reject(participant, reason, round=round, attempt=attempt)
 
     def step(self, now: datetime, available: Collection[str]) -> list[Report]:
-        """Advance the machine and carry out the side effects of what happened."""
+        """Advance the machine and carry out the side effects of what happened.
+
+        Only one thread (the driver) calls this. The lock is held while the machine
+        moves, not while the new model is evaluated and written: request handlers keep
+        being answered during a commit (the machine is COMMITTING and accepts nothing).
+        """
         with self._lock:
             if self.machine.phase is Phase.WAITING:
                 self._follow_rollback()
-            reports: list[Report] = []
             started = time.perf_counter()
             events = self.machine.tick(now, available)
             # Closing a fit round aggregates inside tick(); time it for the round log.
             self._timing.aggregate_s = time.perf_counter() - started
-            for event in events:
-                reports.extend(self._handle(event, now))
-            return reports
+        reports: list[Report] = []
+        for event in events:
+            reports.extend(self._handle(event, now))
+        return reports
 
     def _follow_rollback(self) -> None:
         head = self.registry.head()
@@ -466,8 +481,9 @@ class Coordinator:
             now=self._clock(),
         )
         ref = ModelRef(version.version, version.sha3)
-        self.machine.committed(ref, request.weights)
-        self._head_weights = request.weights
+        with self._lock:
+            self.machine.committed(ref, request.weights)
+            self._head_weights = request.weights
         return Committed(
             round=request.round,
             attempt=request.attempt,

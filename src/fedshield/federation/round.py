@@ -43,6 +43,7 @@ __all__ = [
     "Event",
     "FederationFailed",
     "FederationFinished",
+    "Kind",
     "ModelRef",
     "Phase",
     "RoundEvaluated",
@@ -443,6 +444,7 @@ class RoundMachine:
         mean_update = weighted_mean([op.vectors[p] for p in answered], weights=weights)
         new_vector = self.optimizer.step(self._head_vector, mean_update)
         new_weights = unflatten(new_vector, self._layout)
+        self._open = None  # closed: nothing more is assigned or accepted for it
         self._phase = Phase.COMMITTING
         return [
             CommitRequest(
@@ -482,17 +484,14 @@ class RoundMachine:
             return None
         return Assignment(self.federation, op.round, op.attempt, op.kind, self._head, op.deadline)
 
-    def _check_submission(
-        self,
-        participant: str,
-        *,
-        kind: Kind,
-        round: int,
-        attempt: int,
-        model_sha3: str,
-        num_examples: int,
-        now: datetime,
-    ) -> _Open:
+    def expects(
+        self, participant: str, *, kind: Kind, round: int, attempt: int, now: datetime
+    ) -> None:
+        """Raise :class:`ProtocolError` unless ``participant`` owes this round a result.
+
+        The network shell asks this before it reads an upload's body, so a site that
+        is not expected cannot make the coordinator buffer anything.
+        """
         op = self._open
         if op is None or op.kind != kind:
             raise ProtocolError(f"no {kind} round is open (phase: {self._phase})")
@@ -507,6 +506,21 @@ class RoundMachine:
             raise ProtocolError(f"participant {participant!r} already answered round {round}")
         if now >= op.deadline:
             raise ProtocolError(f"the deadline of round {round} has passed")
+
+    def _check_submission(
+        self,
+        participant: str,
+        *,
+        kind: Kind,
+        round: int,
+        attempt: int,
+        model_sha3: str,
+        num_examples: int,
+        now: datetime,
+    ) -> _Open:
+        self.expects(participant, kind=kind, round=round, attempt=attempt, now=now)
+        op = self._open
+        assert op is not None
         if model_sha3 != self._head.sha3:
             raise ProtocolError(
                 f"result was computed from model {model_sha3[:12]}, but round {round} "

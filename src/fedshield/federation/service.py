@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -78,15 +79,23 @@ class CoordinatorService:
         if now - self._recorded.get(name, -1e9) < 60.0:
             return
         self._recorded[name] = now
-        self.coordinator.participant_seen(
-            name, organization=organization, cert_sha256=cert_sha256, now=utcnow()
+        record = functools.partial(
+            self.coordinator.participant_seen,
+            name,
+            organization=organization,
+            cert_sha256=cert_sha256,
+            now=utcnow(),
         )
+        # A durable SQLite write: off the event loop, so no request waits for it.
+        asyncio.get_running_loop().run_in_executor(None, record)
 
     def available(self) -> set[str]:
         """Participants polling now or seen within the liveness window."""
         now = time.monotonic()
-        alive = {n for n, t in self._seen.items() if now - t <= self.liveness_s}
-        return alive | {n for n, c in self._polling.items() if c > 0}
+        # Copies first: status() calls this from a worker thread while the loop writes.
+        seen, polling = dict(self._seen), dict(self._polling)
+        alive = {n for n, t in seen.items() if now - t <= self.liveness_s}
+        return alive | {n for n, c in polling.items() if c > 0}
 
     # -- long-poll ------------------------------------------------------------------
 
@@ -176,7 +185,9 @@ class CoordinatorService:
             if reports:
                 self._notify()
             if self._end is not None:
-                everyone_told = self._told_end >= (self.names & set(self._seen))
+                # Every enrolled site should hear the end, also one that is reconnecting
+                # after a coordinator restart; a site that is gone costs end_grace_s.
+                everyone_told = self._told_end >= self.names
                 if everyone_told or time.monotonic() - self._end_since > self.end_grace_s:
                     should_exit()
                     return

@@ -225,7 +225,7 @@ class ModelVersionRow(Base):
         Integer, ForeignKey("model_versions.version"), nullable=True
     )
     round: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    sha3: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    sha3: Mapped[str] = mapped_column(String(64), index=True)
     num_parameters: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[dict[str, float]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())

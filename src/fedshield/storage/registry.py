@@ -184,8 +184,9 @@ class ModelRegistry:
         NotFoundError
             If ``parent`` is given and does not exist.
         StorageError
-            If identical weights are already registered (the hash is unique), or the
-            blob or the database cannot be written.
+            If the blob or the database cannot be written. Weights identical to an
+            earlier version are a new version that shares that version's blob (a round
+            whose updates cancel out is still a round in the lineage).
         PayloadError
             If a tensor contains NaN or Inf.
         ValueError
@@ -201,15 +202,6 @@ class ModelRegistry:
         with self._db.transaction(write=True) as session:
             if parent is not None:
                 _require(session, parent)
-            same = session.scalar(
-                select(ModelVersionRow.version).where(ModelVersionRow.sha3 == sha3)
-            )
-            if same is not None:
-                raise StorageError(
-                    f"these weights are already registered as model version {same} "
-                    f"(sha3 {sha3[:12]}...)",
-                    hint="Roll back to that version instead of committing it again.",
-                )
             latest = _latest(session)
             version = 0 if latest is None else latest + 1
             row = ModelVersionRow(

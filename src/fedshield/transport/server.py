@@ -22,28 +22,41 @@ Request bodies are read with a byte limit before they are parsed; errors are JSO
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import math
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import numpy as np
 import uvicorn
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from fedshield.errors import FedshieldError, IdentityError, PayloadError, ProtocolError
+from fedshield.errors import (
+    FedshieldError,
+    IdentityError,
+    PayloadError,
+    ProtocolError,
+    StorageError,
+)
 from fedshield.federation.coordinator import utcnow
 from fedshield.federation.service import CoordinatorService
 from fedshield.identity import Identity, identity_from_der
-from fedshield.tensors import decode
+from fedshield.tensors import decode, encode
 from fedshield.transport.messages import META_HEADER, ErrorBody, EvaluationResult, FitMeta
 
 __all__ = ["create_app", "serve"]
 
 _SCOPE_KEY = "fedshield.peer_cert_der"
+FIRST_REQUEST_S = 10.0
+TLS_HANDSHAKE_S = 10.0
+_UPLOAD_SLACK_BYTES = 16 * 1024
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -52,10 +65,16 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class _PeerCertH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, plus the verified client certificate in every scope."""
+    """uvicorn's h11 protocol, plus the verified client certificate in every scope.
+
+    A connection that has not sent a complete request head within
+    ``FIRST_REQUEST_S`` of its handshake is closed (slow clients must not hold
+    connections open; uvicorn has no header timeout of its own).
+    """
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.loop.call_later(FIRST_REQUEST_S, self._first_request_deadline)
         ssl_object = transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         inner: ASGIApp = self.app
@@ -65,6 +84,10 @@ class _PeerCertH11Protocol(H11Protocol):
             await inner(scope, receive, send)
 
         self.app = with_peer
+
+    def _first_request_deadline(self) -> None:
+        if self.cycle is None and not self.transport.is_closing():
+            self.transport.close()
 
 
 class _Refused(Exception):
@@ -111,12 +134,26 @@ def create_app(service: CoordinatorService) -> FastAPI:
     """Build the coordinator API around ``service``."""
     coordinator = service.coordinator
     limit = service.config.transport.max_payload_bytes
+    layout = coordinator.layout
+    # An honest update encodes to exactly this many bytes (plus header slack); nobody
+    # needs to send more, whatever max_payload_bytes allows.
+    zeros = {
+        n: np.zeros(shape, dtype=np.float32)
+        for n, shape in zip(layout.names, layout.shapes, strict=True)
+    }
+    update_limit = min(limit, len(encode(zeros)) + _UPLOAD_SLACK_BYTES)
+    del zeros
+    uploading: set[str] = set()
     long_poll_s = service.config.coordinator.long_poll_s
     app = FastAPI(title="fedshield coordinator", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(_Refused)
     async def _refused(request: Request, exc: _Refused) -> JSONResponse:
         return _error(exc.status, exc.message, exc.hint)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(400, "malformed request: a path or query parameter has the wrong type")
 
     def participant(request: Request) -> str:
         identity = _caller(request, "participant")
@@ -138,6 +175,8 @@ def create_app(service: CoordinatorService) -> FastAPI:
     @app.get("/v1/task")
     async def task(request: Request, wait_s: float = 0.0) -> Response:
         name = participant(request)
+        if not math.isfinite(wait_s):
+            return _error(400, "wait_s must be a finite number of seconds")
         wait = min(max(wait_s, 0.0), long_poll_s)
         message = await service.next_task(name, wait_s=wait)
         if message is None:
@@ -161,8 +200,25 @@ def create_app(service: CoordinatorService) -> FastAPI:
             return _error(400, f"missing or invalid {META_HEADER} header")
         if meta.round != round_number:
             return _error(400, "the round in the path and in the metadata differ")
+        # Refuse before reading a byte of the body: only a selected site that still owes
+        # this round may upload, one upload at a time.
         try:
-            body = await _read_body(request, limit=limit)
+            coordinator.expects(
+                name, kind="fit", round=meta.round, attempt=meta.attempt, now=utcnow()
+            )
+        except ProtocolError as exc:
+            return _error(409, exc.message, exc.hint)
+        if name in uploading:
+            return _error(409, "an upload from this participant is already in progress")
+        uploading.add(name)
+        try:
+            return await _accept_update(request, name, meta)
+        finally:
+            uploading.discard(name)
+
+    async def _accept_update(request: Request, name: str, meta: FitMeta) -> Response:
+        try:
+            body = await _read_body(request, limit=update_limit)
         except _Refused as exc:
             # An oversized update is a refused payload like any other: the site is out
             # of this round, which then closes as soon as the others have answered.
@@ -171,9 +227,7 @@ def create_app(service: CoordinatorService) -> FastAPI:
             service.wake()
             raise
         try:
-            weights = await asyncio.to_thread(
-                decode, body, layout=coordinator.layout, max_bytes=limit
-            )
+            weights = await asyncio.to_thread(decode, body, layout=layout, max_bytes=update_limit)
             await asyncio.to_thread(
                 coordinator.submit_fit,
                 name,
@@ -227,6 +281,11 @@ def create_app(service: CoordinatorService) -> FastAPI:
         _caller(request, "admin", "observer")
         return await asyncio.to_thread(service.status)
 
+    @app.exception_handler(StorageError)
+    async def _storage_error(request: Request, exc: StorageError) -> JSONResponse:
+        # Our problem, maybe passing (a locked database): clients retry 503s.
+        return _error(503, "the coordinator cannot reach its storage right now")
+
     @app.exception_handler(FedshieldError)
     async def _fedshield_error(request: Request, exc: FedshieldError) -> JSONResponse:
         return _error(400, exc.message, exc.hint)
@@ -251,6 +310,7 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=5,
         server_header=False,
+        limit_concurrency=4 * len(service.names) + 16,
     )
     config.load()
     config.ssl = ssl_context
@@ -260,6 +320,12 @@ def serve(
         server.should_exit = True
 
     async def main() -> None:
+        # uvicorn creates the server with asyncio's 60 s TLS handshake timeout; a client
+        # that opens TCP and never handshakes should not hold a connection that long.
+        loop = asyncio.get_running_loop()
+        loop.create_server = functools.partial(  # type: ignore[method-assign]
+            loop.create_server, ssl_handshake_timeout=TLS_HANDSHAKE_S
+        )
         driver = asyncio.create_task(service.drive(stop))
         # A driver that dies (say, the database disappears) must stop the server too.
         driver.add_done_callback(lambda _: stop())

@@ -1,0 +1,85 @@
+"""The coordinator shell: resume rules and commits that must not crash it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from fedshield.config import FederationConfig, parse_config
+from fedshield.federation.coordinator import Committed, Coordinator
+from fedshield.federation.round import RoundOpened
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def config() -> FederationConfig:
+    return parse_config(
+        {
+            "task": {"name": "digits", "local_epochs": 1},
+            "data": {"dataset": "digits", "partition": "iid"},
+            "participants": {"count": 2},
+            "rounds": {"count": 3, "min_participants": 2},
+        }
+    )
+
+
+def open_coordinator(workdir: Path) -> Coordinator:
+    return Coordinator(
+        config(),
+        workdir=workdir,
+        base_dir=workdir,
+        now=NOW,
+        rng=np.random.default_rng(0),
+        clock=lambda: NOW,
+    )
+
+
+def test_a_round_whose_updates_cancel_out_commits_a_new_version(tmp_path: Path) -> None:
+    coordinator = open_coordinator(tmp_path)
+    try:
+        opened = [
+            r for r in coordinator.step(NOW, ["site-1", "site-2"]) if isinstance(r, RoundOpened)
+        ]
+        assert len(opened) == 1
+        head, weights = coordinator.head_weights()
+        zero = {n: np.zeros_like(a) for n, a in weights.items()}
+        for name in opened[0].selected:
+            coordinator.submit_fit(
+                name,
+                round=1,
+                attempt=1,
+                model_sha3=head.sha3,
+                num_examples=5,
+                update=zero,
+                metrics={},
+                now=NOW,
+            )
+        reports = coordinator.step(NOW + timedelta(seconds=1), ["site-1", "site-2"])
+        committed = [r for r in reports if isinstance(r, Committed)]
+        assert len(committed) == 1
+        assert committed[0].version == 1
+        assert committed[0].sha3 == head.sha3  # same weights, a new version in the lineage
+        assert coordinator.machine.completed_rounds == 1
+    finally:
+        coordinator.close()
+
+
+def test_resume_trusts_the_registry_when_the_round_log_lags(tmp_path: Path) -> None:
+    # A crash between the model commit and the round-log write: the registry holds
+    # round 1, the round log does not. The next round must be 2, from version 1.
+    coordinator = open_coordinator(tmp_path)
+    _, weights = coordinator.head_weights()
+    moved = {n: a + 0.01 for n, a in weights.items()}
+    coordinator.registry.commit(moved, parent=0, round=1, metrics={}, now=NOW)
+    coordinator.close()
+
+    resumed = open_coordinator(tmp_path)
+    try:
+        assert resumed.machine.completed_rounds == 1
+        opened = [r for r in resumed.step(NOW, ["site-1", "site-2"]) if isinstance(r, RoundOpened)]
+        assert opened[0].round == 2
+        assert opened[0].model.version == 1
+    finally:
+        resumed.close()
