@@ -991,3 +991,24 @@ def test_random_federations_keep_the_invariants(
     else:
         pytest.fail("the federation neither finished nor failed")
     assert m.phase in (Phase.FINISHED, Phase.FAILED)
+
+
+def test_a_machine_resumed_with_failures_has_only_the_rest_of_its_retries() -> None:
+    pool = names(3)
+    pol = policy(min_participants=2, max_retries=2)
+    m = RoundMachine(
+        federation=FED,
+        policy=pol,
+        head=HEAD_REF,
+        head_weights=HEAD,
+        completed_rounds=0,
+        optimizer=FedAvg(),
+        rng=np.random.default_rng(0),
+        attempt=4,
+        failures=2,
+    )
+    opened = open_round(m, pool)
+    assert opened.attempt == 4
+    failed = only(m.tick(opened.deadline, pool), FederationFailed)
+    assert isinstance(failed, FederationFailed)
+    assert "after 3 attempt(s)" in failed.reason

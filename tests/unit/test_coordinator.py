@@ -83,3 +83,38 @@ def test_resume_trusts_the_registry_when_the_round_log_lags(tmp_path: Path) -> N
         assert opened[0].model.version == 1
     finally:
         resumed.close()
+
+
+def test_a_restart_continues_the_attempt_numbering_without_spending_retries(
+    tmp_path: Path,
+) -> None:
+    coordinator = open_coordinator(tmp_path)
+    opened = [r for r in coordinator.step(NOW, ["site-1", "site-2"]) if isinstance(r, RoundOpened)]
+    assert (opened[0].round, opened[0].attempt) == (1, 1)
+    coordinator.close()  # a crash inside round 1, attempt 1
+
+    for restart in (2, 3, 4):  # more restarts than max_retries (2): never fatal
+        resumed = open_coordinator(tmp_path)
+        try:
+            assert resumed.machine._failures == 0
+            again = [
+                r for r in resumed.step(NOW, ["site-1", "site-2"]) if isinstance(r, RoundOpened)
+            ]
+            assert (again[0].round, again[0].attempt) == (1, restart)
+        finally:
+            resumed.close()
+
+
+def test_failed_attempts_survive_a_restart(tmp_path: Path) -> None:
+    coordinator = open_coordinator(tmp_path)
+    coordinator.step(NOW, ["site-1", "site-2"])
+    # Nobody answers: after the fit deadline, attempt 1 fails (retry 1 of 2).
+    reports = coordinator.step(NOW + timedelta(hours=1), ["site-1", "site-2"])
+    assert any(type(r).__name__ == "RoundRetried" for r in reports)
+    coordinator.close()
+
+    resumed = open_coordinator(tmp_path)
+    try:
+        assert (resumed.machine._attempt, resumed.machine._failures) == (2, 1)
+    finally:
+        resumed.close()

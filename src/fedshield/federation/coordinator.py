@@ -250,6 +250,18 @@ class Coordinator:
             now=now,
         )
         self.resumed_from = head.version if completed or aborted else None
+        # Resume the numbering of the round that comes next; only attempts that failed
+        # for lack of answers count against max_retries, not ones a restart cut short.
+        records = self.rounds.list()
+        next_kind = "fit" if completed < config.rounds.count else "evaluate"
+        earlier = [
+            r
+            for r in records
+            if r.kind == next_kind
+            and r.base_version == head.version
+            and r.status in ("failed", "aborted")
+            and (next_kind == "evaluate" or r.number == completed + 1)
+        ]
         self.machine = RoundMachine(
             federation=config.federation.name,
             policy=RoundPolicy.from_config(config.rounds),
@@ -261,6 +273,8 @@ class Coordinator:
             ),
             rng=rng if rng is not None else np.random.default_rng(),
             evaluated=evaluated,
+            attempt=1 + max((r.attempt for r in earlier), default=0),
+            failures=sum(r.status == "failed" for r in earlier),
         )
         self._row_id: int | None = None
 

@@ -268,6 +268,10 @@ class RoundMachine:
         Randomness for participant selection.
     evaluated
         Whether the final evaluation already happened (restart after the end).
+    attempt, failures
+        Where the next round resumes after a restart: its attempt number (attempts that
+        a restart interrupted count here) and how many of its attempts failed for lack
+        of answers (only these count against ``max_retries``).
     """
 
     def __init__(
@@ -281,9 +285,15 @@ class RoundMachine:
         optimizer: ServerOptimizer,
         rng: np.random.Generator,
         evaluated: bool = False,
+        attempt: int = 1,
+        failures: int = 0,
     ) -> None:
         if completed_rounds < 0:
             raise ValueError(f"completed_rounds must be >= 0, got {completed_rounds}")
+        if attempt < 1 or not 0 <= failures < attempt:
+            raise ValueError(
+                f"need attempt >= 1 and 0 <= failures < attempt, got {attempt}, {failures}"
+            )
         self.federation = federation
         self.policy = policy
         self.optimizer = optimizer
@@ -293,7 +303,8 @@ class RoundMachine:
         self._head_vector = flatten(head_weights, self._layout)
         self.completed_rounds = completed_rounds
         self._evaluated = evaluated
-        self._attempt = 1
+        self._attempt = attempt
+        self._failures = failures
         self._open: _Open | None = None
         self._waiting_since: datetime | None = None
         self._phase = Phase.WAITING
@@ -405,12 +416,13 @@ class RoundMachine:
         number, attempt = self._round_number(kind), self._attempt
         self._open = None
         self._waiting_since = None
-        if attempt <= self.policy.max_retries:
-            self._attempt += 1
+        self._failures += 1
+        self._attempt += 1
+        if self._failures <= self.policy.max_retries:
             self._phase = Phase.WAITING
             return RoundRetried(number, attempt, kind, reason, answered, dropped)
         self._phase = Phase.FAILED
-        self.failure = f"round {number} failed after {attempt} attempt(s): {reason}"
+        self.failure = f"round {number} failed after {self._failures} attempt(s): {reason}"
         return FederationFailed(number, attempt, kind, self.failure, answered, dropped)
 
     def _close(self, now: datetime) -> list[Event]:
@@ -468,6 +480,7 @@ class RoundMachine:
         self._head_vector = flatten(weights, self._layout)
         self.completed_rounds += 1
         self._attempt = 1
+        self._failures = 0
         self._open = None
         self._phase = Phase.WAITING
 
