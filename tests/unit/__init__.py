@@ -1,0 +1,1 @@
+"""Unit tests: known answers and behaviour, one module per package area."""
