@@ -95,6 +95,15 @@ def _round_line(entry: dict[str, Any], total: int) -> str:
     )
 
 
+def _no_networked_secagg(cfg: FederationConfig) -> None:
+    if cfg.secure_aggregation.enabled:
+        raise ConfigError(
+            "secure_aggregation is not wired into the networked round yet",
+            hint="Use `fedshield simulate` for SecAgg+ runs, or set "
+            "secure_aggregation.enabled = false (see docs/secagg.md).",
+        )
+
+
 def _load(config: Path | None, *, participants: int | None, rounds: int | None) -> FederationConfig:
     cfg = load_config(config) if config is not None else parse_config({}, source="defaults")
     if participants is not None:
@@ -144,6 +153,7 @@ def demo(
     from fedshield.federation.launcher import run_demo
 
     cfg = _load(config, participants=participants, rounds=rounds)
+    _no_networked_secagg(cfg)
     cfg = cfg.model_copy(update={"coordinator": cfg.coordinator.model_copy(update={"port": 0})})
     if cfg.rounds.min_available is None:
         # Every organization of the demo starts at once: let round 1 wait for all of them.
@@ -239,6 +249,7 @@ def simulate(
         "participants": result.participants,
         "wall_s": round(result.wall_s, 3),
         "transport": "in-process",
+        "secure_aggregation": result.secure_aggregation,
     }
     _summary_table(console, {k: v for k, v in summary.items() if k != "per_participant_accuracy"})
     _emit_json(json_path, summary)
@@ -295,6 +306,7 @@ def coordinator(
     from fedshield.transport.server import serve
 
     cfg = load_config(config)
+    _no_networked_secagg(cfg)
     kit_obj = Kit.load(kit)
     kit_hint = "Use the kits/coordinator folder that `fedshield provision` wrote for this config."
     if kit_obj.role != "coordinator":

@@ -12,6 +12,8 @@ and unknown keys are errors (a typo must not silently fall back to a default)::
     [rounds]       count, fraction, per_round, min_participants, min_available, fit_timeout_s,
                    evaluate_timeout_s, join_timeout_s, max_retries, final_evaluation
     [server]       optimizer, learning_rate
+    [secure_aggregation] enabled, clip_range, max_weight, ring_bits, neighbours,
+                   threshold, dropout, corruption
     [coordinator]  host, port, hosts, long_poll_s
     [transport]    max_payload_bytes, request_timeout_s, max_retries, backoff_base_s,
                    backoff_max_s, reconnect_timeout_s
@@ -38,6 +40,7 @@ __all__ = [
     "FederationSection",
     "ParticipantsConfig",
     "RoundsConfig",
+    "SecureAggregationConfig",
     "ServerConfig",
     "TaskConfig",
     "TransportConfig",
@@ -158,6 +161,24 @@ class ServerConfig(_Section):
     learning_rate: float = Field(default=1.0, gt=0.0, le=100.0)
 
 
+class SecureAggregationConfig(_Section):
+    """SecAgg+ for every fit round (see docs/secagg.md).
+
+    The coordinator then only ever holds the weighted sum of the survivors' updates.
+    Every coordinate is clipped to ``[-clip_range, clip_range]`` and quantized; a
+    participant's weight (its example count) is capped at ``max_weight``.
+    """
+
+    enabled: bool = False
+    clip_range: float = Field(default=1.0, gt=0.0, le=1e6)
+    max_weight: int = Field(default=1000, ge=1, le=2**20)
+    ring_bits: Literal[32, 64] = 32
+    neighbours: int | None = Field(default=None, ge=1)
+    threshold: int | None = Field(default=None, ge=1)
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    corruption: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+
 class CoordinatorConfig(_Section):
     """Where the coordinator listens and under which names it is reached."""
 
@@ -187,6 +208,7 @@ class FederationConfig(_Section):
     participants: ParticipantsConfig = ParticipantsConfig()
     rounds: RoundsConfig = RoundsConfig()
     server: ServerConfig = ServerConfig()
+    secure_aggregation: SecureAggregationConfig = SecureAggregationConfig()
     coordinator: CoordinatorConfig = CoordinatorConfig()
     transport: TransportConfig = TransportConfig()
 
@@ -208,6 +230,23 @@ class FederationConfig(_Section):
                 f"rounds.per_round is {self.rounds.per_round} but the federation has only "
                 f"{n} participants"
             )
+        secure = self.secure_aggregation
+        if secure.enabled:
+            if n < 2:
+                raise ValueError("secure_aggregation needs at least 2 participants")
+            # The ring must hold the sum of n weighted, quantized updates: check now, with
+            # the numbers, rather than wrap silently in round 1.
+            from fedshield.secagg.quantize import Quantizer
+
+            try:
+                Quantizer.for_budget(
+                    n,
+                    max_weight=secure.max_weight,
+                    clip_range=secure.clip_range,
+                    ring_bits=secure.ring_bits,
+                )
+            except ConfigError as exc:
+                raise ValueError(f"secure_aggregation: {exc.message}") from exc
         return self
 
     def with_participants(self, count: int) -> FederationConfig:

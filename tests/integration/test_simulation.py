@@ -169,3 +169,31 @@ def test_cli_missing_config_exits_2_without_a_traceback() -> None:
     assert "missing.toml" in done.stderr
     assert "Traceback" not in done.stderr
     assert done.stdout == ""
+
+
+def test_secure_aggregation_in_simulation_matches_plain_fedavg(tmp_path: Path) -> None:
+    base = {
+        "federation": {"name": "sim-secagg", "seed": 7},
+        "task": {"name": "digits", "local_epochs": 2},
+        "data": {"dataset": "digits", "partition": "iid"},
+        "participants": {"count": 4},
+        "rounds": {"count": 3},
+    }
+    plain = run_simulation(parse_config(base), workdir=tmp_path / "plain", base_dir=tmp_path)
+    secure_cfg = parse_config({**base, "secure_aggregation": {"enabled": True, "clip_range": 1.0}})
+    secure = run_simulation(secure_cfg, workdir=tmp_path / "secure", base_dir=tmp_path)
+    assert secure.secure_aggregation and not plain.secure_aggregation
+    assert secure.rounds_completed == 3
+    assert plain.final_accuracy is not None and secure.final_accuracy is not None
+    # Quantization (stochastic, unbiased) is the only difference.
+    assert abs(secure.final_accuracy - plain.final_accuracy) <= 0.03
+
+
+@pytest.mark.slow
+def test_networked_commands_refuse_secure_aggregation_for_now(tmp_path: Path) -> None:
+    config = tmp_path / "secure.toml"
+    config.write_text("[secure_aggregation]\nenabled = true\n")
+    done = fedshield("demo", "--config", str(config), "--workdir", str(tmp_path / "w"))
+    assert done.returncode == 2
+    assert "not wired into the networked round" in done.stderr
+    assert "Traceback" not in done.stderr

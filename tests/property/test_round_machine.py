@@ -33,7 +33,7 @@ from fedshield.federation.round import (
     RoundPolicy,
     RoundRetried,
 )
-from fedshield.tensors import Weights, weights_sha3
+from fedshield.tensors import Layout, Weights, flatten, weights_sha3
 from fedshield.training.server_opt import FedAvg
 
 # Derandomized: the same examples on every run, so a failure is reproducible anywhere.
@@ -1012,3 +1012,117 @@ def test_a_machine_resumed_with_failures_has_only_the_rest_of_its_retries() -> N
     failed = only(m.tick(opened.deadline, pool), FederationFailed)
     assert isinstance(failed, FederationFailed)
     assert "after 3 attempt(s)" in failed.reason
+
+
+# ------------------------------------------------------------------- secure aggregation
+
+
+def secure_machine() -> RoundMachine:
+    return machine(policy(min_participants=2, secure=True))
+
+
+def test_secure_mode_takes_no_individual_update_only_the_sum() -> None:
+    pool = names(3)
+    m = secure_machine()
+    opened = open_round(m, pool)
+    with pytest.raises(ProtocolError, match="send the masked input"):
+        m.submit_fit(
+            "p00",
+            round=opened.round,
+            attempt=opened.attempt,
+            model_sha3=HEAD_REF.sha3,
+            num_examples=5,
+            update=random_weights(1),
+            metrics={},
+            now=at(1),
+        )
+    for p in opened.selected:
+        m.submit_fit(
+            p,
+            round=opened.round,
+            attempt=opened.attempt,
+            model_sha3=HEAD_REF.sha3,
+            num_examples=5,
+            update=None,
+            metrics={"train_loss": 1.0},
+            now=at(1),
+        )
+    assert m._open is not None and m._open.vectors == {}  # nothing individual is held
+    assert m.tick(at(2), pool) == []  # all reported, but the round waits for the sum
+    size = sum(int(np.prod(s)) for s in SHAPES.values())
+    mean = np.full(size, 0.5)
+    survivors = opened.selected[:2]
+    m.submit_secure_sum(
+        round=opened.round,
+        attempt=opened.attempt,
+        mean_update=mean,
+        survivors=survivors,
+        now=at(3),
+    )
+    request = only(m.tick(at(4), pool), CommitRequest)
+    assert isinstance(request, CommitRequest)
+    assert request.answered == tuple(sorted(survivors))
+    assert set(request.dropped) == set(opened.selected) - set(survivors)
+    expected = flatten(HEAD, Layout.of(HEAD)) + 0.5
+    assert np.allclose(flatten(request.weights, Layout.of(HEAD)), expected, atol=1e-6)
+
+
+def test_secure_mode_without_a_sum_by_the_deadline_is_retried() -> None:
+    pool = names(3)
+    m = secure_machine()
+    opened = open_round(m, pool)
+    for p in opened.selected:
+        m.submit_fit(
+            p,
+            round=opened.round,
+            attempt=opened.attempt,
+            model_sha3=HEAD_REF.sha3,
+            num_examples=5,
+            update=None,
+            metrics={},
+            now=at(1),
+        )
+    retried = only(m.tick(opened.deadline, pool), RoundRetried)
+    assert isinstance(retried, RoundRetried)
+    assert "no sum" in retried.reason
+
+
+def test_a_secure_sum_is_refused_when_it_cannot_be_right() -> None:
+    pool = names(3)
+    plain = machine()
+    opened = open_round(plain, pool)
+    size = sum(int(np.prod(s)) for s in SHAPES.values())
+    with pytest.raises(ProtocolError, match="off"):
+        plain.submit_secure_sum(
+            round=opened.round,
+            attempt=opened.attempt,
+            mean_update=np.zeros(size),
+            survivors=opened.selected,
+            now=at(1),
+        )
+    m = secure_machine()
+    opened = open_round(m, pool)
+    with pytest.raises(PayloadError, match="shape"):
+        m.submit_secure_sum(
+            round=opened.round,
+            attempt=opened.attempt,
+            mean_update=np.zeros(size + 1),
+            survivors=opened.selected,
+            now=at(1),
+        )
+    with pytest.raises(PayloadError, match="NaN"):
+        m.submit_secure_sum(
+            round=opened.round,
+            attempt=opened.attempt,
+            mean_update=np.full(size, np.nan),
+            survivors=opened.selected,
+            now=at(1),
+        )
+    with pytest.raises(ProtocolError, match="not selected"):
+        m.submit_secure_sum(
+            round=opened.round,
+            attempt=opened.attempt,
+            mean_update=np.zeros(size),
+            survivors=("intruder",),
+            now=at(1),
+        )

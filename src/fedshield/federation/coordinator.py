@@ -264,7 +264,7 @@ class Coordinator:
         ]
         self.machine = RoundMachine(
             federation=config.federation.name,
-            policy=RoundPolicy.from_config(config.rounds),
+            policy=RoundPolicy.from_config(config.rounds, secure=config.secure_aggregation.enabled),
             head=ModelRef(head.version, head.sha3),
             head_weights=weights,
             completed_rounds=completed,
@@ -333,6 +333,11 @@ class Coordinator:
         """Forward a fit result to the machine (see :meth:`RoundMachine.submit_fit`)."""
         with self._lock:
             self.machine.submit_fit(participant, **kwargs)
+
+    def submit_secure_sum(self, **kwargs: Any) -> None:
+        """Forward a secure aggregate (see :meth:`RoundMachine.submit_secure_sum`)."""
+        with self._lock:
+            self.machine.submit_secure_sum(**kwargs)
 
     def submit_evaluation(self, participant: str, **kwargs: Any) -> None:
         """Forward an evaluation result (see :meth:`RoundMachine.submit_evaluation`)."""

@@ -84,10 +84,11 @@ class RoundPolicy:
     join_timeout_s: float = 120.0
     max_retries: int = 2
     final_evaluation: bool = True
+    secure: bool = False
 
     @classmethod
-    def from_config(cls, rounds: RoundsConfig) -> RoundPolicy:
-        """Build the policy from the ``[rounds]`` table."""
+    def from_config(cls, rounds: RoundsConfig, *, secure: bool = False) -> RoundPolicy:
+        """Build the policy from the ``[rounds]`` table (``secure``: SecAgg+ is on)."""
         return cls(
             rounds=rounds.count,
             fraction=rounds.fraction,
@@ -99,6 +100,7 @@ class RoundPolicy:
             join_timeout_s=rounds.join_timeout_s,
             max_retries=rounds.max_retries,
             final_evaluation=rounds.final_evaluation,
+            secure=secure,
         )
 
     def selection_size(self, available: int) -> int:
@@ -220,6 +222,7 @@ class _Open:
     examples: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
+    secure_sum: tuple[np.ndarray, tuple[str, ...]] | None = None
 
 
 def _check_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -359,8 +362,11 @@ class RoundMachine:
         """Advance on time and availability; return what happened."""
         if self._phase in (Phase.FIT, Phase.EVALUATE):
             assert self._open is not None
-            settled = len(self._open.examples) + len(self._open.rejected)
-            if settled >= len(self._open.selected) or now >= self._open.deadline:
+            op = self._open
+            settled = len(op.examples) + len(op.rejected) >= len(op.selected)
+            if self.policy.secure and op.kind == "fit":
+                settled = op.secure_sum is not None  # the sum is the round's only result
+            if settled or now >= op.deadline:
                 return self._close(now)
             return []
         if self._phase is not Phase.WAITING:
@@ -428,15 +434,25 @@ class RoundMachine:
     def _close(self, now: datetime) -> list[Event]:
         assert self._open is not None
         op = self._open
-        answered = tuple(sorted(op.examples))
-        dropped = tuple(p for p in op.selected if p not in op.examples)
+        secure = self.policy.secure and op.kind == "fit"
+        counted = set(op.examples)
+        if secure:
+            # Only participants whose input is in the secure sum answered the round.
+            counted &= set(op.secure_sum[1]) if op.secure_sum is not None else set()
+        answered = tuple(sorted(counted))
+        dropped = tuple(p for p in op.selected if p not in counted)
+        if secure and op.secure_sum is None:
+            reason = "secure aggregation produced no sum before the deadline"
+            return [self._give_up(op.kind, reason, answered=(), dropped=op.selected)]
         if len(answered) < self.policy.min_participants:
             reason = (
                 f"{len(answered)} of {len(op.selected)} selected participants answered "
                 f"before the deadline; at least {self.policy.min_participants} are required"
             )
             return [self._give_up(op.kind, reason, answered=answered, dropped=dropped)]
-        metrics = _weighted_metrics(op.metrics, op.examples)
+        metrics = _weighted_metrics(
+            {p: op.metrics[p] for p in answered}, {p: op.examples[p] for p in answered}
+        )
         if op.kind == "evaluate":
             self._open = None
             self._evaluated = True
@@ -451,9 +467,12 @@ class RoundMachine:
                 {p: dict(op.metrics[p]) for p in answered},
             )
             return [evaluated, FederationFinished(model=self._head)]
-        # Sorted order, not arrival order: the same updates always give the same model.
-        weights = np.array([op.examples[p] for p in answered], dtype=np.float64)
-        mean_update = weighted_mean([op.vectors[p] for p in answered], weights=weights)
+        if op.secure_sum is not None:
+            mean_update = op.secure_sum[0]
+        else:
+            # Sorted order, not arrival order: the same updates always give the same model.
+            weights = np.array([op.examples[p] for p in answered], dtype=np.float64)
+            mean_update = weighted_mean([op.vectors[p] for p in answered], weights=weights)
         new_vector = self.optimizer.step(self._head_vector, mean_update)
         new_weights = unflatten(new_vector, self._layout)
         self._open = None  # closed: nothing more is assigned or accepted for it
@@ -551,11 +570,15 @@ class RoundMachine:
         attempt: int,
         model_sha3: str,
         num_examples: int,
-        update: Mapping[str, np.ndarray],
+        update: Mapping[str, np.ndarray] | None,
         metrics: Mapping[str, float],
         now: datetime,
     ) -> None:
         """Accept a participant's update (``local - global``) for the open fit round.
+
+        With secure aggregation on, ``update`` must be ``None``: the participant reports
+        only its example count and metrics, and its update reaches the coordinator
+        inside the secure sum (:meth:`submit_secure_sum`), never alone.
 
         Raises
         ------
@@ -574,19 +597,61 @@ class RoundMachine:
             num_examples=num_examples,
             now=now,
         )
+        if self.policy.secure != (update is None):
+            raise ProtocolError(
+                "secure aggregation is on: send the masked input, not the update"
+                if self.policy.secure
+                else "secure aggregation is off: the update is missing"
+            )
         try:
-            if Layout.of(update) != self._layout:
-                raise PayloadError("update tensor names or shapes do not match the model")
-            vector = flatten(update, self._layout, dtype=np.float32)
-            if not np.isfinite(vector).all():
-                raise PayloadError("update contains NaN or Inf values")
+            if update is not None:
+                if Layout.of(update) != self._layout:
+                    raise PayloadError("update tensor names or shapes do not match the model")
+                vector = flatten(update, self._layout, dtype=np.float32)
+                if not np.isfinite(vector).all():
+                    raise PayloadError("update contains NaN or Inf values")
+                op.vectors[participant] = vector
             clean = _check_metrics(metrics)
         except PayloadError as exc:
             op.rejected[participant] = exc.message
             raise
-        op.vectors[participant] = vector
         op.metrics[participant] = clean
         op.examples[participant] = num_examples
+
+    def submit_secure_sum(
+        self,
+        *,
+        round: int,
+        attempt: int,
+        mean_update: np.ndarray,
+        survivors: Collection[str],
+        now: datetime,
+    ) -> None:
+        """Accept the secure aggregate of the open fit round (SecAgg+ is on).
+
+        ``mean_update`` is the weighted mean of the ``survivors``' updates, flat, in
+        layout order, as the SecAgg+ server decoded it; the machine never sees an
+        individual update. Survivors that did not report their metrics do not count.
+        """
+        op = self._open
+        if not self.policy.secure:
+            raise ProtocolError("secure aggregation is off for this federation")
+        if op is None or op.kind != "fit" or (op.round, op.attempt) != (round, attempt):
+            raise ProtocolError(f"round {round} attempt {attempt} is not the open fit round")
+        if op.secure_sum is not None:
+            raise ProtocolError(f"round {round} already has its secure sum")
+        if now >= op.deadline:
+            raise ProtocolError(f"the deadline of round {round} has passed")
+        if mean_update.shape != (self._layout.size,):
+            raise PayloadError(
+                f"secure sum has shape {mean_update.shape}, the model needs ({self._layout.size},)"
+            )
+        if not np.isfinite(mean_update).all():
+            raise PayloadError("secure sum contains NaN or Inf values")
+        unknown = set(survivors) - set(op.selected)
+        if unknown:
+            raise ProtocolError(f"survivors {sorted(unknown)} were not selected")
+        op.secure_sum = (np.asarray(mean_update, dtype=np.float64), tuple(sorted(survivors)))
 
     def reject(self, participant: str, reason: str, *, round: int, attempt: int) -> None:
         """Record that ``participant``'s payload for round ``round`` was refused.

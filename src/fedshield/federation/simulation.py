@@ -25,6 +25,8 @@ from fedshield.federation.round import (
     RoundEvaluated,
     RoundOpened,
 )
+from fedshield.secagg import SecAggConfig, run_in_memory
+from fedshield.tensors import flatten
 from fedshield.training.tasks import TaskContext, call_task, resolve_task
 
 __all__ = ["SimulationResult", "run_simulation"]
@@ -41,6 +43,7 @@ class SimulationResult:
     per_participant_accuracy: dict[str, float]
     participants: int
     wall_s: float
+    secure_aggregation: bool = False
 
 
 class _Sites:
@@ -139,6 +142,7 @@ def run_simulation(
             per_participant_accuracy=per_participant,
             participants=len(everyone),
             wall_s=time.perf_counter() - started,
+            secure_aggregation=config.secure_aggregation.enabled,
         )
     finally:
         coordinator.close()
@@ -146,6 +150,8 @@ def run_simulation(
 
 def _play_round(coordinator: Coordinator, sites: _Sites, opened: RoundOpened) -> None:
     head, weights = coordinator.head_weights()
+    secure = sites.config.secure_aggregation.enabled and opened.kind == "fit"
+    masked_inputs: dict[str, tuple[np.ndarray, int]] = {}
     for name in opened.selected:
         trainer = sites.trainer(name)
         try:
@@ -157,10 +163,13 @@ def _play_round(coordinator: Coordinator, sites: _Sites, opened: RoundOpened) ->
                     attempt=opened.attempt,
                     model_sha3=head.sha3,
                     num_examples=outcome.num_examples,
-                    update=outcome.update,
+                    update=None if secure else outcome.update,
                     metrics=outcome.metrics,
                     now=utcnow(),
                 )
+                if secure:
+                    vector = flatten(outcome.update, coordinator.layout, dtype=np.float32)
+                    masked_inputs[name] = (vector, outcome.num_examples)
             else:
                 count, metrics = trainer.evaluate(weights)
                 coordinator.submit_evaluation(
@@ -175,3 +184,42 @@ def _play_round(coordinator: Coordinator, sites: _Sites, opened: RoundOpened) ->
         except FedshieldError as exc:
             # One participant's failure is its dropout, not the federation's.
             coordinator.reject(name, exc.message, round=opened.round, attempt=opened.attempt)
+    if secure and len(masked_inputs) >= 2:
+        _secure_sum(coordinator, sites.config, opened, masked_inputs)
+
+
+def _secure_sum(
+    coordinator: Coordinator,
+    config: FederationConfig,
+    opened: RoundOpened,
+    inputs: dict[str, tuple[np.ndarray, int]],
+) -> None:
+    """Run one SecAgg+ round over the participants' updates; hand only the sum over."""
+    secure = config.secure_aggregation
+    names = sorted(inputs)
+    result = run_in_memory(
+        [inputs[n][0] for n in names],
+        SecAggConfig(
+            federation=config.federation.name,
+            # Bind the SecAgg round to the fit round and attempt: keys never repeat.
+            round=opened.round * 1000 + opened.attempt,
+            clip_range=secure.clip_range,
+            ring_bits=secure.ring_bits,
+            max_weight=secure.max_weight,
+            k=secure.neighbours,
+            threshold=secure.threshold,
+            dropout=secure.dropout,
+            corruption=secure.corruption,
+        ),
+        # The weight travels inside the secure sum; capped at max_weight.
+        weights=[min(inputs[n][1], secure.max_weight) for n in names],
+    )
+    ids = result.setup.participants  # row i of the updates is ids[i]
+    survivors = [names[ids.index(i)] for i in result.survivors]
+    coordinator.submit_secure_sum(
+        round=opened.round,
+        attempt=opened.attempt,
+        mean_update=result.aggregate,
+        survivors=survivors,
+        now=utcnow(),
+    )
