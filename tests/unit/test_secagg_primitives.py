@@ -194,6 +194,55 @@ def test_expand_rejects_misuse() -> None:
         expand(bytes(32), length=-1, ring_bits=32)
 
 
+STEP_WORDS_32 = prg._STEP // 4
+
+
+@pytest.mark.parametrize(
+    "length", [0, 1, 5, STEP_WORDS_32 - 1, STEP_WORDS_32, STEP_WORDS_32 + 1, 3 * STEP_WORDS_32 + 7]
+)
+@pytest.mark.parametrize("ring_bits", [32, 64])
+def test_accumulate_equals_the_signed_sum_of_expanded_masks(length: int, ring_bits: int) -> None:
+    dtype = np.uint32 if ring_bits == 32 else np.uint64
+    terms = [(bytes([i]) * 32, sign) for i, sign in enumerate((1, -1, -1, 1, 1))]
+    start = np.arange(length, dtype=dtype) * dtype(2654435761)
+    expected = start.copy()
+    for seed, sign in terms:
+        mask = expand(seed, length=length, ring_bits=ring_bits)  # type: ignore[arg-type]
+        expected = expected + mask if sign == 1 else expected - mask
+    vector = start.copy()
+    prg.accumulate(vector, terms)
+    assert vector.dtype == dtype and vector.tolist() == expected.tolist()
+    prg.accumulate(vector, [])
+    assert vector.tolist() == expected.tolist()
+
+
+def test_accumulate_rejects_misuse_without_touching_the_vector() -> None:
+    vector = np.arange(10, dtype=np.uint32)
+    with pytest.raises(ProtocolError, match="32 bytes"):
+        prg.accumulate(vector, [(bytes(32), 1), (bytes(16), 1)])
+    with pytest.raises(ConfigError, match="sign"):
+        prg.accumulate(vector, [(bytes(32), 1), (bytes(32), 2)])
+    with pytest.raises(ConfigError, match="sign"):
+        prg.accumulate(vector, [(bytes(32), True)])
+    assert vector.tolist() == list(range(10))
+    for bad in (
+        np.arange(10, dtype=np.int64),
+        np.arange(10, dtype=np.uint32)[::2],
+        np.zeros((2, 5), dtype=np.uint32),
+        np.frombuffer(bytes(40), dtype=np.uint32),
+    ):
+        with pytest.raises(ConfigError, match="vector"):
+            prg.accumulate(bad, [(bytes(32), 1)])
+
+
+def test_system_random_uniform_words_are_fresh_and_balanced() -> None:
+    rng = system_random()
+    a, b = rng.uniform_u64(50_000), rng.uniform_u64(50_000)
+    assert not np.array_equal(a, b)
+    bits = np.unpackbits(a.view(np.uint8))
+    assert abs(bits.mean() - 0.5) < 0.01
+
+
 def test_masks_cancel_in_the_ring() -> None:
     q = Quantizer(1.0, 8, 32)
     rng = deterministic_random(b"cancel")

@@ -51,7 +51,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fedshield.errors import ConfigError, PayloadError, ProtocolError
 from fedshield.secagg import kdf, prg, shamir
-from fedshield.secagg._masks import exchange, holder_number, pair_mask, self_mask
+from fedshield.secagg._masks import exchange, holder_number, mask_input
 from fedshield.secagg.messages import (
     Advertise,
     Consistency,
@@ -375,13 +375,15 @@ class SecAggClient:
         self._need(len(received), "neighbours' shares")
 
         y = state.quantizer.encode(values, weight, rng=self._rng)
-        y += self_mask(self._b, setup=setup, owner=self._me)
-        for j in sorted(received):
-            mask = pair_mask(state.s_sk, self._u1[j].s_pk, setup=setup, me=self._me, other=j)
-            if self._me < j:
-                y += mask
-            else:
-                y -= mask
+        # y += self mask + sum of sign(i, j) * pair mask, streamed into y in place.
+        mask_input(
+            y,
+            b=self._b,
+            s_sk=state.s_sk,
+            others={j: self._u1[j].s_pk for j in sorted(received)},
+            setup=setup,
+            me=self._me,
+        )
         self._u2 = received
         self._stage = Stage.SURVIVORS
         return MaskedInput.from_vector(

@@ -40,7 +40,8 @@ MIN_VALUE_BITS = 8
 MAX_VALUE_BITS = 48
 """The most value bits used: beyond this, float64 cannot resolve the rounding fraction."""
 
-_UNIT = 2.0**-53
+_SCALE = 2.0**53  # a 53-bit uniform u is u * 2**-53 in [0, 1)
+_STEP = 1 << 15  # coordinates per step of the rounding loop (256 KiB of float64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,21 +183,62 @@ class Quantizer:
         PayloadError
             If ``x`` is not 1-D or has a NaN or infinity.
         """
+        values = self._checked(x)
+        out = np.empty(values.shape, dtype=np.uint64)
+        self._round_into(values, out, rng=rng)
+        return out
+
+    @staticmethod
+    def _checked(x: npt.ArrayLike) -> npt.NDArray[np.float64]:
         values = np.asarray(x, dtype=np.float64)
         if values.ndim != 1:
             raise PayloadError(f"x must be a 1-D vector, got shape {values.shape}")
         if not np.isfinite(values).all():
             raise PayloadError("x has NaN or infinite values")
+        return values
+
+    def _round_into(
+        self,
+        values: npt.NDArray[np.float64],
+        out: npt.NDArray[np.unsignedinteger[Any]],
+        *,
+        rng: SecureRandom,
+    ) -> None:
+        """Write the stochastically rounded levels of ``values`` into ``out`` (same length).
+
+        ``out`` is ``uint32`` or ``uint64``; every level is at most ``L < 2**value_bits``
+        and is exact in float64 (``value_bits <= 48``), so the cast is exact. Rounds up
+        iff ``u * 2**-53 < fraction`` for a 53-bit uniform ``u``; the comparison is done
+        as ``u < fraction * 2**53`` (the same, since scaling by a power of two is exact).
+        """
         c = float(self.clip_range)
-        scaled = (np.clip(values, -c, c) + c) * (self.levels / (2.0 * c))
-        np.clip(scaled, 0.0, float(self.levels), out=scaled)
-        floor = np.floor(scaled)
-        fraction = scaled - floor
-        uniform = (rng.uniform_u64(values.shape) >> np.uint64(11)).astype(np.float64) * _UNIT
-        up = uniform < fraction
-        out = floor.astype(np.uint64)
-        out += up
-        return out
+        factor = self.levels / (2.0 * c)
+        top = float(self.levels)
+        size = values.size
+        # Work in cache-sized steps with reused buffers: no full-size temporaries.
+        # Drawing the uniforms step by step consumes the same stream as one big draw.
+        step = max(1, min(size, _STEP))
+        scaled = np.empty(step, dtype=np.float64)
+        floor = np.empty(step, dtype=np.float64)
+        up = np.empty(step, dtype=np.bool_)
+        for start in range(0, size, step):
+            stop = min(start + step, size)
+            s, f, u = scaled[: stop - start], floor[: stop - start], up[: stop - start]
+            np.maximum(values[start:stop], -c, out=s)  # clip to [-c, c]
+            np.minimum(s, c, out=s)
+            s += c
+            s *= factor
+            np.maximum(s, 0.0, out=s)  # clip to [0, L] against rounding
+            np.minimum(s, top, out=s)
+            np.floor(s, out=f)
+            s -= f  # the fractional part ...
+            s *= _SCALE  # ... times 2**53
+            uniform = rng.uniform_u64(stop - start)
+            uniform >>= np.uint64(11)
+            np.less(uniform, s, out=u)
+            part = out[start:stop]
+            np.copyto(part, f, casting="unsafe")
+            np.add(part, u, out=part)
 
     def encode(
         self, x: npt.ArrayLike, weight: int, *, rng: SecureRandom
@@ -232,10 +274,12 @@ class Quantizer:
                 f"weight={w} with value_bits={self.value_bits} overflows a "
                 f"{self.ring_bits}-bit ring"
             )
-        levels = self.quantize(x, rng=rng)
-        out = np.empty(levels.size + 1, dtype=self.dtype)
-        np.multiply(levels, np.uint64(w), out=levels)
-        out[:-1] = levels
+        values = self._checked(x)
+        out = np.empty(values.size + 1, dtype=self.dtype)
+        body = out[:-1]
+        self._round_into(values, body, rng=rng)
+        if w != 1:  # w * L < 2**ring_bits (checked above): no wrap-around
+            np.multiply(body, self.dtype(w), out=body)
         out[-1] = w
         return out
 

@@ -42,8 +42,8 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedshield.errors import ProtocolError, RoundFailedError
-from fedshield.secagg import shamir
-from fedshield.secagg._masks import holder_number, pair_mask, self_mask
+from fedshield.secagg import prg, shamir
+from fedshield.secagg._masks import holder_number, pair_mask_seed, pair_sign, self_mask_seed
 from fedshield.secagg.messages import (
     Advertise,
     Consistency,
@@ -348,13 +348,12 @@ class SecAggServer:
                 hint="Too many participants dropped out; retry the round.",
             )
 
-        dtype = np.uint32 if setup.ring_bits == 32 else np.uint64
-        total: RingVector = np.zeros(setup.dim + 1, dtype=dtype)
-        for j in survivors:
-            total += self._masked[j].vector
+        # First every seed (Shamir, X25519, HKDF), then one streamed pass over the sum.
+        terms: list[tuple[bytes, int]] = []
         try:
             for j in survivors:
-                total -= self_mask(shamir.combine(seeds[j], threshold=t), setup=setup, owner=j)
+                b = shamir.combine(seeds[j], threshold=t)
+                terms.append((self_mask_seed(b, setup=setup, owner=j), -1))
             for j, key_pool in keys.items():
                 s_sk = X25519PrivateKey.from_private_bytes(shamir.combine(key_pool, threshold=t))
                 if s_sk.public_key().public_bytes_raw() != self._adverts[j].s_pk:
@@ -362,17 +361,19 @@ class SecAggServer:
                 for k in survivors:
                     if j not in self._forwarded[k]:
                         continue
-                    mask = pair_mask(s_sk, self._adverts[k].s_pk, setup=setup, me=j, other=k)
-                    # k added sign(k, j) * mask: +1 if k < j.
-                    if k < j:
-                        total -= mask
-                    else:
-                        total += mask
+                    seed = pair_mask_seed(s_sk, self._adverts[k].s_pk, setup=setup, me=j, other=k)
+                    # k added pair_sign(k, j) * mask; remove it.
+                    terms.append((seed, -pair_sign(k, j)))
         except ProtocolError as exc:
             raise RoundFailedError(
                 f"secure aggregation round {setup.round} failed: {exc.message}; nothing unmasked",
                 hint="A participant returned a forged or corrupt share; retry without it.",
             ) from exc
+        dtype = np.uint32 if setup.ring_bits == 32 else np.uint64
+        total: RingVector = np.zeros(setup.dim + 1, dtype=dtype)
+        for j in survivors:
+            np.add(total, self._masked[j].vector, out=total)
+        prg.accumulate(total, terms)
         return total, int(total[-1]), survivors
 
     # -- helpers ------------------------------------------------------------------------
