@@ -1021,6 +1021,23 @@ def secure_machine() -> RoundMachine:
     return machine(policy(min_participants=2, secure=True))
 
 
+def report_without_updates(
+    m: RoundMachine, opened: RoundOpened, *, metrics: dict[str, float]
+) -> None:
+    """Every selected site reports its count and metrics, no update (secure mode)."""
+    for p in opened.selected:
+        m.submit_fit(
+            p,
+            round=opened.round,
+            attempt=opened.attempt,
+            model_sha3=HEAD_REF.sha3,
+            num_examples=5,
+            update=None,
+            metrics=metrics,
+            now=at(1),
+        )
+
+
 def test_secure_mode_takes_no_individual_update_only_the_sum() -> None:
     pool = names(3)
     m = secure_machine()
@@ -1036,17 +1053,7 @@ def test_secure_mode_takes_no_individual_update_only_the_sum() -> None:
             metrics={},
             now=at(1),
         )
-    for p in opened.selected:
-        m.submit_fit(
-            p,
-            round=opened.round,
-            attempt=opened.attempt,
-            model_sha3=HEAD_REF.sha3,
-            num_examples=5,
-            update=None,
-            metrics={"train_loss": 1.0},
-            now=at(1),
-        )
+    report_without_updates(m, opened, metrics={"train_loss": 1.0})
     assert m._open is not None and m._open.vectors == {}  # nothing individual is held
     assert m.tick(at(2), pool) == []  # all reported, but the round waits for the sum
     size = sum(int(np.prod(s)) for s in SHAPES.values())
@@ -1071,17 +1078,7 @@ def test_secure_mode_without_a_sum_by_the_deadline_is_retried() -> None:
     pool = names(3)
     m = secure_machine()
     opened = open_round(m, pool)
-    for p in opened.selected:
-        m.submit_fit(
-            p,
-            round=opened.round,
-            attempt=opened.attempt,
-            model_sha3=HEAD_REF.sha3,
-            num_examples=5,
-            update=None,
-            metrics={},
-            now=at(1),
-        )
+    report_without_updates(m, opened, metrics={})
     retried = only(m.tick(opened.deadline, pool), RoundRetried)
     assert isinstance(retried, RoundRetried)
     assert "no sum" in retried.reason

@@ -541,6 +541,3 @@ class Coordinator:
     def close(self) -> None:
         """Release the database."""
         self.db.close()
-
-
-OnReport = Callable[[Report], None]
