@@ -274,6 +274,165 @@ def simulate(
     _emit_json(json_path, summary)
 
 
+# -- red team -------------------------------------------------------------------------------
+
+
+def _names(option: str, value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names:
+        raise ConfigError(f"{option} is empty", hint=f"Pass {option} a,b,c (comma-separated).")
+    return names
+
+
+def _param_value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            continue
+    return text
+
+
+def _params(option: str, items: list[str] | None) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        name, dot, param = key.strip().partition(".")
+        if not (sep and dot and name and param and value.strip()):
+            raise ConfigError(
+                f"{option} {item!r} is not NAME.KEY=VALUE",
+                hint=f"For example {option} sign_flip.scale=1",
+            )
+        out.setdefault(name, {})[param] = _param_value(value.strip())
+    return out
+
+
+def _cell_text(cell: Any) -> str:
+    if cell.status == "not_applicable":
+        return "[dim]n/a[/]"
+    if cell.final_accuracy is None:
+        return "-"
+    text = f"{100 * cell.final_accuracy:.1f}"
+    if cell.accuracy_drop is not None:
+        text += f" ({-100 * cell.accuracy_drop:+.1f})"
+    if cell.attack_success_rate is not None:
+        text += f" ASR {100 * cell.attack_success_rate:.0f}%"
+    if cell.status == "failed":
+        text += " [yellow]stopped[/]"
+    return text
+
+
+@app.command()
+def redteam(
+    config: Annotated[Path, typer.Argument(help="Federation TOML file.")],
+    attacks: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated attacks (default: all ten); 'none' always runs."),
+    ] = None,
+    defenses: Annotated[
+        str | None, typer.Option(help="Comma-separated robust rules (default: all nine).")
+    ] = None,
+    malicious_fraction: Annotated[
+        float, typer.Option(help="Share of malicious participants, ceil(fraction * N).")
+    ] = 0.2,
+    rounds: Annotated[int | None, typer.Option(help="Override the number of rounds.")] = None,
+    participants: Annotated[
+        int | None, typer.Option(help="Override the participant count.")
+    ] = None,
+    secure_groups: Annotated[
+        int | None,
+        typer.Option(help="Group-wise SecAgg+ with G groups (default: plain aggregation)."),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Chooses the attackers (default: the federation seed).")
+    ] = None,
+    attack_param: Annotated[
+        list[str] | None,
+        typer.Option(help="Override an attack's parameter, NAME.KEY=VALUE (repeatable)."),
+    ] = None,
+    defense_param: Annotated[
+        list[str] | None,
+        typer.Option(help="Set a rule's [robust] param, RULE.KEY=VALUE (repeatable)."),
+    ] = None,
+    json_path: JsonOpt = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG heatmap to PATH.")] = None,
+) -> None:
+    """Run every attack against every defence in simulation (evaluation only).
+
+    Each cell is a full simulated federation with the first ceil(fraction * N)
+    participants of a seeded random order malicious. See docs/redteam.md.
+    """
+    from fedshield.attacks.redteam import (
+        CLEAN,
+        DEFAULT_ATTACKS,
+        DEFAULT_DEFENSES,
+        plot_heatmap,
+        run_redteam,
+    )
+
+    cfg = _load(config, participants=participants, rounds=rounds)
+    console = _console(json_path)
+    chosen_attacks = _names("--attacks", attacks) or list(DEFAULT_ATTACKS)
+    chosen_defenses = _names("--defenses", defenses) or list(DEFAULT_DEFENSES)
+    defense_params: dict[str, dict[str, float]] = {}
+    for rule, values in _params("--defense-param", defense_param).items():
+        for key, value in values.items():
+            if not isinstance(value, int | float):
+                raise ConfigError(
+                    f"--defense-param {rule}.{key} must be a number, got {value!r}",
+                    hint="For example --defense-param centered_clipping.tau=0.5",
+                )
+            defense_params.setdefault(rule, {})[key] = float(value)
+    attack_params = _params("--attack-param", attack_param)
+    n = len(cfg.participants.resolved_names())
+    console.print(
+        f"[bold]fedshield redteam[/]: {cfg.task.name!r}, {n} participants, "
+        f"{cfg.rounds.count} rounds, malicious fraction {malicious_fraction}, "
+        f"{len(chosen_attacks) + 1} x {len(chosen_defenses)} cells"
+    )
+
+    def progress(cell: Any) -> None:
+        console.print(
+            f"{cell.attack:>14} vs {cell.defense:<17} {_cell_text(cell)}"
+            f"  [dim]{cell.wall_s:.1f}s{'  ' + cell.reason if cell.reason else ''}[/]",
+            soft_wrap=True,
+        )
+
+    report = run_redteam(
+        cfg,
+        base_dir=config.parent,
+        attacks=chosen_attacks,
+        defenses=chosen_defenses,
+        malicious_fraction=malicious_fraction,
+        secure_groups=secure_groups,
+        seed=seed,
+        attack_params=attack_params,
+        defense_params=defense_params,
+        on_cell=progress,
+    )
+    settings = report.settings
+    table = Table(
+        title=(
+            f"final accuracy % (change vs the clean run); {len(settings['malicious'])} of "
+            f"{settings['participants']} malicious; secure aggregation "
+            f"{settings['secure_aggregation']}"
+        )
+    )
+    table.add_column("attack")
+    for defense in report.defenses:
+        table.add_column(defense, justify="right")
+    for attack in report.attacks:
+        label = "none (clean)" if attack == CLEAN else attack
+        table.add_row(label, *(_cell_text(report.cell(attack, d)) for d in report.defenses))
+    console.print(table)
+    if plot is not None:
+        plot_heatmap(report, plot)
+        console.print(f"heatmap written to {plot}")
+    _emit_json(json_path, report.to_json())
+
+
 # -- a real multi-organization setup --------------------------------------------------------
 
 

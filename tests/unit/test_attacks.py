@@ -533,12 +533,40 @@ def test_runtime_never_imports_attacks() -> None:
     assert done.stdout.strip() == "[]", f"the runtime imported {done.stdout.strip()}"
 
 
+# The one sanctioned exception: `fedshield redteam` imports the red-team runner inside
+# its command function, so importing fedshield.cli never loads fedshield.attacks (the
+# subprocess check above). Keyed by file, then function, then the module it may import.
+LAZY_ATTACK_IMPORTS: dict[str, dict[str, str]] = {
+    "cli.py": {"redteam": "fedshield.attacks.redteam"}
+}
+
+
+def _is_attacks(module: str) -> bool:
+    return module == "fedshield.attacks" or module.startswith("fedshield.attacks.")
+
+
+def _sanctioned(path: Path, tree: ast.Module) -> set[int]:
+    """Return the ids of the import nodes LAZY_ATTACK_IMPORTS allows in ``path``."""
+    allowed = LAZY_ATTACK_IMPORTS.get(str(path.relative_to(SRC)), {})
+    ok: set[int] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name in allowed:
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.ImportFrom) and inner.module == allowed[node.name]:
+                    ok.add(id(inner))
+    return ok
+
+
 def _imported_modules(path: Path) -> set[str]:
     package = ".".join(path.relative_to(SRC.parent).with_suffix("").parts)
     if path.name != "__init__.py":
         package = package.rsplit(".", 1)[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    skip = _sanctioned(path, tree)
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -557,9 +585,13 @@ def test_no_runtime_module_imports_attacks_statically() -> None:
         str(path.relative_to(SRC))
         for path in sorted(SRC.rglob("*.py"))
         if "attacks" not in path.relative_to(SRC).parts
-        and any(
-            m == "fedshield.attacks" or m.startswith("fedshield.attacks.")
-            for m in _imported_modules(path)
-        )
+        and any(_is_attacks(m) for m in _imported_modules(path))
     ]
     assert offenders == []
+
+
+def test_the_sanctioned_lazy_imports_exist() -> None:
+    # The exception stays exact: each allowed import is really there, inside its function.
+    for name, functions in LAZY_ATTACK_IMPORTS.items():
+        path = SRC / name
+        assert len(_sanctioned(path, ast.parse(path.read_text()))) == len(functions)

@@ -164,3 +164,60 @@ def test_a_robust_rule_keeps_one_poisoned_update_from_moving_the_model(tmp_path:
         assert moved < 0.1  # the median of four small updates and one huge one
     finally:
         coordinator.close()
+
+
+def _submit_all(coordinator: Coordinator, names: list[str], value: float) -> None:
+    head, weights = coordinator.head_weights()
+    for name in names:
+        coordinator.submit_fit(
+            name,
+            round=1,
+            attempt=1,
+            model_sha3=head.sha3,
+            num_examples=5,
+            update={n: np.full(a.shape, value, dtype=np.float32) for n, a in weights.items()},
+            metrics={},
+            now=NOW,
+        )
+
+
+def test_a_wrecked_but_finite_model_commits_without_a_nan_loss(tmp_path: Path) -> None:
+    # Updates of 1e30 are finite, but the model's logits overflow: the server loss is not
+    # a number. The round still commits (the accuracy shows the damage); no crash.
+    coordinator = open_coordinator(tmp_path)
+    try:
+        coordinator.step(NOW, ["site-1", "site-2"])
+        _submit_all(coordinator, ["site-1", "site-2"], 1e30)
+        reports = coordinator.step(NOW + timedelta(seconds=1), ["site-1", "site-2"])
+        (committed,) = [r for r in reports if isinstance(r, Committed)]
+        head = coordinator.registry.head()
+        assert head is not None and head.version == committed.version
+        assert "server_accuracy" in head.metrics and "server_loss" not in head.metrics
+    finally:
+        coordinator.close()
+
+
+def test_an_aggregate_that_overflows_float32_is_not_committed(tmp_path: Path) -> None:
+    data = config().model_dump()
+    data["server"]["learning_rate"] = 4.0
+    data["rounds"]["max_retries"] = 0
+    coordinator = Coordinator(
+        parse_config(data),
+        workdir=tmp_path,
+        base_dir=tmp_path,
+        now=NOW,
+        rng=np.random.default_rng(0),
+        clock=lambda: NOW,
+    )
+    try:
+        coordinator.step(NOW, ["site-1", "site-2"])
+        before, _ = coordinator.head_weights()
+        _submit_all(coordinator, ["site-1", "site-2"], 3e38)  # finite, 4x overflows
+        reports = coordinator.step(NOW + timedelta(seconds=1), ["site-1", "site-2"])
+        assert not [r for r in reports if isinstance(r, Committed)]
+        assert coordinator.machine.failure is not None
+        assert "overflows float32" in coordinator.machine.failure
+        after, _ = coordinator.head_weights()
+        assert after.sha3 == before.sha3
+    finally:
+        coordinator.close()

@@ -16,6 +16,7 @@ All methods are thread-safe: one lock serialises the machine and the database.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -439,7 +440,12 @@ class Coordinator:
             return {}
         load_weights(self.parts.model, weights)
         result = evaluate(self.parts.model, self.parts.test_loader)
-        return {"server_accuracy": result.accuracy, "server_loss": result.loss}
+        metrics = {"server_accuracy": result.accuracy}
+        # A wrecked (but finite) model can overflow its logits: its loss is then not a
+        # number. Record the accuracy, which shows the damage, and leave the loss out.
+        if math.isfinite(result.loss):
+            metrics["server_loss"] = result.loss
+        return metrics
 
     def _handle(self, event: Event, now: datetime) -> list[Report]:
         if isinstance(event, RoundOpened):

@@ -549,6 +549,15 @@ class RoundMachine:
         except (ConfigError, PayloadError) as exc:
             reason = f"{self.policy.robust_rule} aggregation refused the round: {exc.message}"
             return [self._give_up(op.kind, reason, answered=answered, dropped=dropped)]
+        new_vector = self.optimizer.step(self._head_vector, mean_update)
+        if not np.all(np.abs(new_vector) <= np.finfo(np.float32).max):  # NaN fails too
+            # Finite float64 updates can still overflow the float32 model: committing it
+            # would hand every participant a model that trains to NaN.
+            reason = (
+                "the aggregated model overflows float32 (an update was far too large); "
+                "the previous model stays"
+            )
+            return [self._give_up(op.kind, reason, answered=answered, dropped=dropped)]
         self._last_update = mean_update
         scores: dict[str, Score] = {}
         newly: list[str] = []
@@ -561,7 +570,6 @@ class RoundMachine:
             for p, score in scores.items():
                 metrics[f"{p}.trust_score"] = score.score
                 metrics[f"{p}.trust"] = self._trust[p].trust
-        new_vector = self.optimizer.step(self._head_vector, mean_update)
         new_weights = unflatten(new_vector, self._layout)
         self._open = None  # closed: nothing more is assigned or accepted for it
         self._phase = Phase.COMMITTING

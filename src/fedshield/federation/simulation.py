@@ -4,6 +4,19 @@ The same :class:`~fedshield.federation.coordinator.Coordinator` (and so the same
 machine, registry and round log) as the networked federation, with participants called
 directly instead of over HTTPS. Participant data and models are built lazily and kept,
 so hundreds of simulated participants fit in memory for small tasks.
+
+Two keyword-only hooks exist for evaluation (the red-team runner in
+``fedshield.attacks.redteam`` uses them; this module never imports it). Both default to
+``None``, and then the simulation is exactly the plain one:
+
+* ``site_parts(name, parts) -> parts`` sees each participant's freshly built
+  :class:`~fedshield.training.tasks.TaskParts` once, before its trainer is made, and may
+  return different ones (a data-poisoning participant swaps its training loader).
+* ``tamper_updates(opened, vectors) -> vectors`` sees, in every fit round, the flat
+  float32 updates (layout order) of the participants whose training succeeded, keyed by
+  name, and returns the vectors they submit instead: in the clear, or as SecAgg+ inputs
+  when secure aggregation is on (so a tampered vector is masked and summed like any
+  other). It must return the same names, each a finite ``(layout.size,)`` vector.
 """
 
 from __future__ import annotations
@@ -16,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from fedshield.config import FederationConfig
-from fedshield.errors import ConfigError, FedshieldError, RoundFailedError
+from fedshield.errors import ConfigError, FedshieldError, PayloadError, RoundFailedError, TaskError
 from fedshield.federation.coordinator import Committed, Coordinator, Report, data_spec, utcnow
-from fedshield.federation.participant import LocalTrainer, train_config_of
+from fedshield.federation.participant import FitOutcome, LocalTrainer, train_config_of
 from fedshield.federation.round import (
     FederationFailed,
     FederationFinished,
@@ -28,10 +41,16 @@ from fedshield.federation.round import (
 from fedshield.federation.secure import secagg_params
 from fedshield.secagg import run_in_memory, system_random
 from fedshield.secagg.graph import split_groups
-from fedshield.tensors import flatten
-from fedshield.training.tasks import TaskContext, call_task, resolve_task
+from fedshield.tensors import Layout, Weights, flatten, unflatten
+from fedshield.training.tasks import TaskContext, TaskParts, call_task, resolve_task
 
-__all__ = ["SimulationResult", "run_simulation"]
+__all__ = ["SimulationResult", "SitePartsHook", "TamperHook", "run_simulation"]
+
+SitePartsHook = Callable[[str, TaskParts], TaskParts]
+"""``(participant, parts) -> parts``: replace a participant's task parts (evaluation only)."""
+
+TamperHook = Callable[[RoundOpened, dict[str, np.ndarray]], dict[str, np.ndarray]]
+"""``(fit round, {participant: flat float32 update}) -> the updates actually submitted``."""
 
 
 @dataclass(frozen=True)
@@ -49,11 +68,14 @@ class SimulationResult:
 
 
 class _Sites:
-    def __init__(self, config: FederationConfig, base_dir: Path) -> None:
+    def __init__(
+        self, config: FederationConfig, base_dir: Path, site_parts: SitePartsHook | None = None
+    ) -> None:
         self.config = config
         self.base_dir = base_dir
         self.names = config.participants.resolved_names()
         self.factory = resolve_task(config.task.name)
+        self.site_parts = site_parts
         self._trainers: dict[str, LocalTrainer] = {}
 
     def trainer(self, name: str) -> LocalTrainer:
@@ -74,8 +96,16 @@ class _Sites:
                 data=spec,
                 seed=self.config.federation.seed,
             )
+            parts = call_task(self.factory, ctx)
+            if self.site_parts is not None:
+                parts = self.site_parts(name, parts)
+                if not isinstance(parts, TaskParts):
+                    raise TaskError(
+                        f"site_parts returned {type(parts).__name__} for {name!r}, "
+                        "expected TaskParts"
+                    )
             self._trainers[name] = LocalTrainer(
-                call_task(self.factory, ctx),
+                parts,
                 config=train_config_of(self.config.task),
                 seed=self.config.federation.seed + index,
             )
@@ -89,8 +119,13 @@ def run_simulation(
     base_dir: Path,
     on_report: Callable[[Report], None] | None = None,
     seed: int | None = None,
+    site_parts: SitePartsHook | None = None,
+    tamper_updates: TamperHook | None = None,
 ) -> SimulationResult:
     """Run every round of ``config`` in this process and return the summary.
+
+    ``site_parts`` and ``tamper_updates`` are evaluation hooks (see the module
+    docstring); without them nothing about the run changes.
 
     Raises
     ------
@@ -100,7 +135,7 @@ def run_simulation(
     started = time.perf_counter()
     rng = np.random.default_rng(config.federation.seed if seed is None else seed)
     coordinator = Coordinator(config, workdir=workdir, base_dir=base_dir, now=utcnow(), rng=rng)
-    sites = _Sites(config, base_dir)
+    sites = _Sites(config, base_dir, site_parts)
     everyone = sites.names
     final: RoundEvaluated | None = None
     committed: list[Committed] = []
@@ -113,7 +148,7 @@ def run_simulation(
                 if on_report is not None:
                     on_report(report)
                 if isinstance(report, RoundOpened):
-                    _play_round(coordinator, sites, report)
+                    _play_round(coordinator, sites, report, tamper_updates)
                 elif isinstance(report, Committed):
                     committed.append(report)
                 elif isinstance(report, RoundEvaluated):
@@ -150,47 +185,95 @@ def run_simulation(
         coordinator.close()
 
 
-def _play_round(coordinator: Coordinator, sites: _Sites, opened: RoundOpened) -> None:
+def _play_round(
+    coordinator: Coordinator, sites: _Sites, opened: RoundOpened, tamper: TamperHook | None
+) -> None:
     head, weights = coordinator.head_weights()
-    secure = sites.config.secure_aggregation.enabled and opened.kind == "fit"
-    masked_inputs: dict[str, tuple[np.ndarray, int]] = {}
+    if opened.kind == "fit":
+        _play_fit(coordinator, sites, opened, tamper)
+        return
     for name in opened.selected:
-        trainer = sites.trainer(name)
         try:
-            if opened.kind == "fit":
-                outcome = trainer.fit(weights, round=opened.round)
-                coordinator.submit_fit(
-                    name,
-                    round=opened.round,
-                    attempt=opened.attempt,
-                    model_sha3=head.sha3,
-                    num_examples=outcome.num_examples,
-                    update=None if secure else outcome.update,
-                    metrics=outcome.metrics,
-                    now=utcnow(),
-                )
-                if secure:
-                    vector = flatten(outcome.update, coordinator.layout, dtype=np.float32)
-                    masked_inputs[name] = (vector, outcome.num_examples)
-            else:
-                count, metrics = trainer.evaluate(weights)
-                coordinator.submit_evaluation(
-                    name,
-                    round=opened.round,
-                    attempt=opened.attempt,
-                    model_sha3=head.sha3,
-                    num_examples=count,
-                    metrics=metrics,
-                    now=utcnow(),
-                )
+            count, metrics = sites.trainer(name).evaluate(weights)
+            coordinator.submit_evaluation(
+                name,
+                round=opened.round,
+                attempt=opened.attempt,
+                model_sha3=head.sha3,
+                num_examples=count,
+                metrics=metrics,
+                now=utcnow(),
+            )
         except FedshieldError as exc:
             # One participant's failure is its dropout, not the federation's.
             coordinator.reject(name, exc.message, round=opened.round, attempt=opened.attempt)
+
+
+def _play_fit(
+    coordinator: Coordinator, sites: _Sites, opened: RoundOpened, tamper: TamperHook | None
+) -> None:
+    head, weights = coordinator.head_weights()
+    secure = sites.config.secure_aggregation.enabled
+    layout = coordinator.layout
+    outcomes: dict[str, FitOutcome] = {}
+    for name in opened.selected:
+        try:
+            outcomes[name] = sites.trainer(name).fit(weights, round=opened.round)
+        except FedshieldError as exc:
+            # One participant's failure is its dropout, not the federation's.
+            coordinator.reject(name, exc.message, round=opened.round, attempt=opened.attempt)
+    vectors: dict[str, np.ndarray] = {}
+    if secure or tamper is not None:
+        vectors = {n: flatten(o.update, layout, dtype=np.float32) for n, o in outcomes.items()}
+    if tamper is not None:
+        vectors = _tampered(tamper, opened, vectors, layout)
+    masked_inputs: dict[str, tuple[np.ndarray, int]] = {}
+    for name, outcome in outcomes.items():
+        update: Weights | None = None
+        if not secure:
+            update = outcome.update if tamper is None else unflatten(vectors[name], layout)
+        try:
+            coordinator.submit_fit(
+                name,
+                round=opened.round,
+                attempt=opened.attempt,
+                model_sha3=head.sha3,
+                num_examples=outcome.num_examples,
+                update=update,
+                metrics=outcome.metrics,
+                now=utcnow(),
+            )
+        except FedshieldError as exc:
+            coordinator.reject(name, exc.message, round=opened.round, attempt=opened.attempt)
+            continue
+        if secure:
+            masked_inputs[name] = (vectors[name], outcome.num_examples)
     if secure and len(masked_inputs) >= 2:
         _secure_sum(coordinator, sites.config, opened, masked_inputs)
     elif secure:
         reason = f"{len(masked_inputs)} participant(s) trained; secure aggregation needs 2"
         coordinator.fail_secure(reason, round=opened.round, attempt=opened.attempt)
+
+
+def _tampered(
+    tamper: TamperHook, opened: RoundOpened, vectors: dict[str, np.ndarray], layout: Layout
+) -> dict[str, np.ndarray]:
+    """Call the hook on copies and check it kept every name and the layout's size."""
+    result = tamper(opened, {n: v.copy() for n, v in vectors.items()})
+    if set(result) != set(vectors):
+        raise PayloadError(
+            f"tamper_updates must return the updates of {sorted(vectors)}, got {sorted(result)}"
+        )
+    checked: dict[str, np.ndarray] = {}
+    for name in vectors:
+        vector = np.asarray(result[name], dtype=np.float32)
+        if vector.shape != (layout.size,):
+            raise PayloadError(
+                f"tamper_updates returned shape {vector.shape} for {name!r}, "
+                f"the model needs ({layout.size},)"
+            )
+        checked[name] = vector
+    return checked
 
 
 def _secure_sum(
