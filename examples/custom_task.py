@@ -18,10 +18,14 @@ from fedshield.training.tasks import TaskContext, TaskParts, make_loader
 
 
 def factory(ctx: TaskContext) -> TaskParts:
-    """Build a wider MLP than the built-in digits task, with dropout."""
+    """Build a wider MLP than the built-in digits task.
+
+    No BatchNorm and no Dropout: sites train with DP-SGD by default, which needs each
+    record's own gradient (see docs/tasks.md).
+    """
     with torch.random.fork_rng():
         torch.manual_seed(ctx.seed)  # the same initial weights in every process
-        model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Dropout(0.1), nn.Linear(128, 10))
+        model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
     if ctx.role == "coordinator":
         test = server_test_set(ctx.data)
         loader = None if test is None else make_loader(test, batch_size=256, shuffle_seed=None)

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedshield.config import FederationConfig, load_config, parse_config
@@ -93,16 +94,44 @@ def _round_line(entry: dict[str, Any], total: int) -> str:
             f"accuracy {_fmt(metrics.get('accuracy'))}{tail}"
         )
     accuracy = metrics.get("server_accuracy", metrics.get("eval_accuracy"))
-    return (
+    if "epsilon_max" in metrics:  # DP: the training loss stays at the sites
+        spent = f"epsilon <= {_fmt(metrics['epsilon_max'], '.3f')}"
+    else:
+        spent = f"loss {_fmt(metrics.get('train_loss'))}"
+    line = (
         f"round {entry['round']:>3}/{total}  participants {answered}/{asked}  "
-        f"loss {_fmt(metrics.get('train_loss'))}  accuracy {_fmt(accuracy)}{tail}"
+        f"{spent}  accuracy {_fmt(accuracy)}{tail}"
     )
+    if entry.get("reason"):  # who refused this round (e.g. a spent privacy budget)
+        line += f"\n           [yellow]{escape(str(entry['reason']))}[/]"
+    return line
 
 
 _PLAIN_WARNING = (
     "[bold yellow]warning[/]: secure aggregation is OFF: the coordinator sees every "
     "participant's update in the clear (see docs/secagg.md)"
 )
+
+
+_NO_DP_WARNING = (
+    "[bold yellow]warning[/]: differential privacy is OFF (\\[privacy] mode = 'off'): "
+    "participants' updates can reveal their training records"
+)
+
+
+def _privacy_line(cfg: FederationConfig) -> str:
+    privacy = cfg.privacy
+    if not privacy.enabled:
+        return "differential privacy OFF"
+    return (
+        f"sample-level DP (epsilon <= {privacy.target_epsilon:g}, "
+        f"delta {privacy.target_delta:g} per site)"
+    )
+
+
+def _without_dp(cfg: FederationConfig) -> FederationConfig:
+    privacy = cfg.privacy.model_copy(update={"mode": "off"})
+    return FederationConfig.model_validate({**cfg.model_dump(), "privacy": privacy.model_dump()})
 
 
 def _load(config: Path | None, *, participants: int | None, rounds: int | None) -> FederationConfig:
@@ -134,6 +163,17 @@ def _summary_table(console: Console, summary: dict[str, Any]) -> None:
         table.add_row(
             "per-participant accuracy", ", ".join(f"{k} {v:.3f}" for k, v in sorted(per.items()))
         )
+    privacy = summary.get("privacy") or {}
+    if privacy:
+        table.add_row(
+            "privacy spent (epsilon / budget)",
+            ", ".join(
+                f"{k} {_fmt(v.get('epsilon'), '.3f')}/{_fmt(v.get('budget'), 'g')}"
+                if v.get("dp")
+                else f"{k} [yellow]no DP[/]"
+                for k, v in sorted(privacy.items())
+            ),
+        )
     console.print(table)
 
 
@@ -155,12 +195,21 @@ def demo(
             help="Turn secure aggregation off (insecure: the coordinator sees every update).",
         ),
     ] = False,
+    no_dp: Annotated[
+        bool,
+        typer.Option(
+            "--no-dp",
+            help="Train without differential privacy (insecure: updates can reveal records).",
+        ),
+    ] = False,
     json_path: JsonOpt = None,
 ) -> None:
     """Run a whole secure federation on this machine: one process per organization.
 
     Secure aggregation (SecAgg+) is on unless --plain-aggregation is given or the
-    config says ``enabled = false``.
+    config says ``enabled = false``. Every site trains with sample-level differential
+    privacy (DP-SGD, its own budget: ``[privacy]``) unless --no-dp is given or the
+    config says ``mode = "off"``.
     """
     from fedshield.federation.launcher import run_demo
 
@@ -170,6 +219,8 @@ def demo(
         cfg = FederationConfig.model_validate(
             {**cfg.model_dump(), "secure_aggregation": secure.model_dump()}
         )
+    if no_dp:
+        cfg = _without_dp(cfg)
     cfg = cfg.model_copy(update={"coordinator": cfg.coordinator.model_copy(update={"port": 0})})
     if cfg.rounds.min_available is None:
         # Every organization of the demo starts at once: let round 1 wait for all of them.
@@ -181,10 +232,13 @@ def demo(
     console.print(
         f"[bold]fedshield demo[/]: {len(names)} participants, {cfg.rounds.count} rounds, "
         f"task {cfg.task.name!r}, mutual TLS 1.3 on {cfg.coordinator.host}, secure "
-        f"aggregation {'on' if cfg.secure_aggregation.enabled else 'OFF'}"
+        f"aggregation {'on' if cfg.secure_aggregation.enabled else 'OFF'}, "
+        f"{_privacy_line(cfg)}"
     )
     if not cfg.secure_aggregation.enabled:
         console.print(_PLAIN_WARNING)
+    if not cfg.privacy.enabled:
+        console.print(_NO_DP_WARNING)
     base_dir = config.parent if config is not None else Path.cwd()
     result = run_demo(
         cfg,
@@ -205,11 +259,25 @@ def simulate(
     rounds: Annotated[int | None, typer.Option(help="Override the number of rounds.")] = None,
     workdir: Annotated[
         Path | None,
-        typer.Option(help="Where to keep the model registry (default: a temporary directory)."),
+        typer.Option(
+            help="Where to keep the model registry and the sites' privacy ledgers "
+            "(default: a temporary directory)."
+        ),
     ] = None,
+    no_dp: Annotated[
+        bool,
+        typer.Option(
+            "--no-dp",
+            help="Train without differential privacy (insecure: updates can reveal records).",
+        ),
+    ] = False,
     json_path: JsonOpt = None,
 ) -> None:
-    """Run the same round logic in one process, without a network."""
+    """Run the same round logic in one process, without a network.
+
+    Every site trains under the config's ``[privacy]`` (sample-level DP by default) and
+    keeps its privacy ledger in WORKDIR/privacy/.
+    """
     import tempfile
 
     from fedshield.federation.coordinator import Committed
@@ -217,7 +285,12 @@ def simulate(
     from fedshield.federation.simulation import run_simulation
 
     cfg = _load(config, participants=participants, rounds=rounds)
+    if no_dp:
+        cfg = _without_dp(cfg)
     console = _console(json_path)
+    console.print(f"[bold]fedshield simulate[/]: {_privacy_line(cfg)}")
+    if not cfg.privacy.enabled:
+        console.print(_NO_DP_WARNING)
 
     def report(event: object) -> None:
         if isinstance(event, Committed):
@@ -230,6 +303,9 @@ def simulate(
                         "dropped": event.dropped,
                         "metrics": event.metrics,
                         "elapsed_s": event.elapsed_s,
+                        "reason": "; ".join(
+                            f"{p} refused: {r}" for p, r in sorted(event.rejected.items())
+                        ),
                     },
                     cfg.rounds.count,
                 )
@@ -269,6 +345,7 @@ def simulate(
         "wall_s": round(result.wall_s, 3),
         "transport": "in-process",
         "secure_aggregation": result.secure_aggregation,
+        "privacy": result.privacy,
     }
     _summary_table(console, {k: v for k, v in summary.items() if k != "per_participant_accuracy"})
     _emit_json(json_path, summary)
@@ -532,6 +609,10 @@ def coordinator(
     bound = sock.getsockname()[1]
     if not cfg.secure_aggregation.enabled:
         _out.print(_PLAIN_WARNING)
+    if not cfg.privacy.enabled:
+        _out.print(
+            _NO_DP_WARNING + " (the federation's default; each site's participant.toml decides)"
+        )
     _out.print(
         f"coordinator for {cfg.federation.name!r} listening on https://{bind_host}:{bound} "
         "(TLS 1.3, client certificates required)"
@@ -594,9 +675,16 @@ def participant(
         kit_obj,
         settings,
         coordinator_url=coordinator_url,
-        on_message=lambda m: _out.print(f"{kit_obj.name}: {m}"),
+        on_message=lambda m: _out.print(f"{kit_obj.name}: {escape(m)}"),
     )
-    _out.print(f"{kit_obj.name}: done ({result.end}); trained {result.rounds_trained} rounds")
+    refused = (
+        f", declined {result.rounds_refused} (privacy budget spent)"
+        if result.rounds_refused
+        else ""
+    )
+    _out.print(
+        f"{kit_obj.name}: done ({result.end}); trained {result.rounds_trained} rounds{refused}"
+    )
 
 
 # -- models ---------------------------------------------------------------------------------
@@ -914,9 +1002,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = command.main(args=argv, prog_name="fedshield", standalone_mode=False)
     except FedshieldError as exc:
-        _err.print(f"[bold red]error:[/] {exc.message}", markup=True, soft_wrap=True)
+        # Messages name config tables ("[privacy]"): print them, not parse them as markup.
+        _err.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True, soft_wrap=True)
         if exc.hint:
-            _err.print(f"[dim]hint:[/] {exc.hint}", soft_wrap=True)
+            _err.print(f"[dim]hint:[/] {escape(exc.hint)}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         _err.print("interrupted")

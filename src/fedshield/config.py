@@ -15,6 +15,8 @@ and unknown keys are errors (a typo must not silently fall back to a default)::
     [secure_aggregation] enabled, clip_range, max_weight, ring_bits, neighbours,
                    threshold, dropout, corruption, stage_timeout_s, min_group_size
     [robust]       rule, num_byzantine, params, quarantine_after
+    [privacy]      mode, target_epsilon, target_delta, max_grad_norm, noise_multiplier,
+                   sampling_rate, accountant, planned_rounds
     [coordinator]  host, port, hosts, long_poll_s
     [transport]    max_payload_bytes, request_timeout_s, max_retries, backoff_base_s,
                    backoff_max_s, reconnect_timeout_s
@@ -25,6 +27,7 @@ value and what is allowed.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -41,6 +44,7 @@ __all__ = [
     "FederationConfig",
     "FederationSection",
     "ParticipantsConfig",
+    "PrivacyConfig",
     "RoundsConfig",
     "SecureAggregationConfig",
     "ServerConfig",
@@ -224,6 +228,93 @@ class SecureAggregationConfig(_Section):
     min_group_size: int | None = Field(default=None, ge=2)
 
 
+class PrivacyConfig(_Section):
+    """Sample-level differential privacy at each site: DP-SGD with a privacy ledger.
+
+    With ``mode = "sample"`` (the default: secure by default) every site trains with
+    DP-SGD (:mod:`fedshield.training.dpsgd`): Poisson sampling of its records at
+    ``sampling_rate`` (default ``batch_size / records``), each record's gradient clipped
+    to ``max_grad_norm``, Gaussian noise of ``noise_multiplier * max_grad_norm``. When
+    ``noise_multiplier`` is absent a site calibrates it so that ``planned_rounds``
+    (default ``rounds.count``) rounds meet ``(target_epsilon, target_delta)``. Each site
+    keeps a ledger of the rounds it trained and refuses a round that would take it over
+    ``target_epsilon``; the coordinator counts the refusal as a dropout.
+
+    The budget is the site's decision: in a networked federation each site reads this
+    table from its own kit's ``participant.toml`` (``fedshield provision`` writes the
+    federation's values there as defaults). ``mode = "off"`` trains without DP: it is
+    insecure (an update can reveal records), warned about and recorded as a
+    ``security.no_dp`` event.
+    """
+
+    mode: Literal["off", "sample"] = "sample"
+    target_epsilon: float = 8.0
+    target_delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    noise_multiplier: float | None = None
+    sampling_rate: float | None = None
+    accountant: Literal["pld", "rdp"] = "pld"
+    planned_rounds: int | None = Field(default=None, ge=1, le=100_000)
+
+    @field_validator("target_epsilon")
+    @classmethod
+    def _check_epsilon(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(
+                "must be finite: an infinite epsilon promises nothing (mode = 'off' "
+                "trains without DP, explicitly)"
+            )
+        if value <= 0:
+            raise ValueError("must be > 0: no round can be trained within epsilon <= 0")
+        return value
+
+    @field_validator("target_delta")
+    @classmethod
+    def _check_delta(cls, value: float) -> float:
+        if not 0.0 < value < 1.0:
+            raise ValueError(
+                "must be in (0, 1), and well below 1/records at every site (e.g. 1e-5): "
+                "delta is the chance the epsilon guarantee fails outright"
+            )
+        return value
+
+    @field_validator("max_grad_norm")
+    @classmethod
+    def _check_clip(cls, value: float) -> float:
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError("must be a finite number > 0: it bounds each record's gradient (L2)")
+        return value
+
+    @field_validator("noise_multiplier")
+    @classmethod
+    def _check_noise(cls, value: float | None) -> float | None:
+        if value is not None and (not math.isfinite(value) or value < 0):
+            raise ValueError("must be a finite number > 0 (noise std / max_grad_norm)")
+        return value
+
+    @field_validator("sampling_rate")
+    @classmethod
+    def _check_rate(cls, value: float | None) -> float | None:
+        if value is not None and not 0.0 < value <= 1.0:
+            raise ValueError("must be in (0, 1]: each record's chance to be in a batch")
+        return value
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> PrivacyConfig:
+        if self.mode == "sample" and self.noise_multiplier == 0:
+            raise ValueError(
+                "noise_multiplier is 0 with mode = 'sample': no noise is "
+                "no differential privacy (give noise_multiplier > 0, leave it out to "
+                "calibrate it to target_epsilon, or set mode = 'off', which is insecure)"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the sites train with DP (``mode`` is not ``"off"``)."""
+        return self.mode != "off"
+
+
 class CoordinatorConfig(_Section):
     """Where the coordinator listens and under which names it is reached."""
 
@@ -255,6 +346,7 @@ class FederationConfig(_Section):
     server: ServerConfig = ServerConfig()
     secure_aggregation: SecureAggregationConfig = SecureAggregationConfig()
     robust: RobustConfig = RobustConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     coordinator: CoordinatorConfig = CoordinatorConfig()
     transport: TransportConfig = TransportConfig()
 

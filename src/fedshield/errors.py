@@ -15,12 +15,14 @@ CLI returns for it. Third-party exceptions are translated into this tree at one 
     ├── ProtocolError             exit 6   a message for the wrong round, stage or role
     ├── TransportError            exit 7   the coordinator could not be reached or refused us
     ├── RoundFailedError          exit 8   a round failed after its retries (reason recorded)
-    └── TaskError                 exit 9   a user task could not be imported or misbehaved
+    ├── TaskError                 exit 9   a user task could not be imported or misbehaved
+    └── BudgetExhaustedError      exit 10  a round would take a site over its privacy budget
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "BudgetExhaustedError",
     "ConfigError",
     "FedshieldError",
     "IdentityError",
@@ -105,3 +107,40 @@ class TaskError(FedshieldError):
 
     exit_code = 9
     default_hint = "A user task is `package.module:factory`; see docs/tasks.md."
+
+
+class BudgetExhaustedError(FedshieldError):
+    """A round would take this participant over its differential privacy budget.
+
+    The participant refuses the round before it trains: nothing is computed on its data
+    and nothing leaves the site. The coordinator counts the refusal as a dropout.
+
+    Attributes
+    ----------
+    spent_epsilon : float
+        Epsilon already spent, recomputed from the site's ledger.
+    epsilon_after : float
+        Epsilon the site would have spent in total had it trained the refused round.
+    target_epsilon : float
+        The site's budget.
+    """
+
+    exit_code = 10
+    default_hint = (
+        "Raise target_epsilon in participant.toml [privacy] (the site's own decision), "
+        "or stop training here: the budget is spent."
+    )
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        spent_epsilon: float,
+        epsilon_after: float,
+        target_epsilon: float,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.spent_epsilon = spent_epsilon
+        self.epsilon_after = epsilon_after
+        self.target_epsilon = target_epsilon

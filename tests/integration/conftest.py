@@ -58,6 +58,9 @@ BASE_CONFIG: dict[str, dict[str, Any]] = {
     # Plain aggregation unless a test turns SecAgg+ on: most of these tests drive
     # cleartext uploads by hand (test_secure_rounds.py covers the secure round).
     "secure_aggregation": {"enabled": False},
+    # Plain training unless a test turns DP on: these tests are about the protocol, and
+    # DP-SGD's noise would change what their accuracy thresholds mean.
+    "privacy": {"mode": "off"},
     "transport": {
         "request_timeout_s": 10.0,
         "max_retries": 3,

@@ -113,14 +113,16 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def first_demo(demo_root: Path) -> DemoRun:
-    """The default demo: digits, 5 participants, 10 rounds."""
+    """The default demo: digits, 5 participants, 10 rounds, SecAgg+ and DP-SGD on."""
     return run_demo(demo_root / "demo")
 
 
 def test_demo_trains_a_good_model_and_reports_it_as_json(first_demo: DemoRun) -> None:
     summary = first_demo.summary()
     assert summary["rounds_completed"] == 10
-    assert summary["final_accuracy"] >= 0.90
+    # Sample-level DP at epsilon 8 on ~290 records per site costs accuracy: measured
+    # 0.71 to 0.86 over runs (the last round's noise moves it), 0.95 without DP.
+    assert summary["final_accuracy"] >= 0.6
     assert summary["participants"] == 5
     per_site = summary["per_participant_accuracy"]
     assert sorted(per_site) == [f"site-{i}" for i in range(1, 6)]
@@ -133,6 +135,13 @@ def test_demo_trains_a_good_model_and_reports_it_as_json(first_demo: DemoRun) ->
     # Secure aggregation is on by default, and every round's sum came from SecAgg+.
     assert summary["secure_aggregation"] is True
     assert summary["secure_rounds"] == 10
+    # DP is on by default: every site reports its own spending, within its budget.
+    privacy = summary["privacy"]
+    assert sorted(privacy) == [f"site-{i}" for i in range(1, 6)]
+    for site in privacy.values():
+        assert site["dp"] is True and site["rounds"] == 10
+        assert site["delta"] == 1e-5 and site["budget"] == 8.0
+        assert 7.0 < site["epsilon"] <= 8.0  # the budget was planned for the 10 rounds
 
     # The summary describes what the coordinator durably committed.
     workdir = first_demo.workdir / "coordinator"
@@ -161,16 +170,23 @@ def test_second_demo_in_the_same_workdir_starts_afresh(first_demo: DemoRun) -> N
     leftover.write_text("the next demo clears its own workdir\n")
     old_ca = (workdir / "kits" / "ca" / "ca.crt").read_bytes()
 
-    second = run_demo(workdir, "--participants", "2", "--rounds", "1", "--plain-aggregation")
+    second = run_demo(
+        workdir, "--participants", "2", "--rounds", "1", "--plain-aggregation", "--no-dp"
+    )
     summary = second.summary()
-    # The insecure mode takes an explicit flag, warns, and leaves a trace in the log.
+    # The insecure modes take an explicit flag, warn, and leave a trace in the log.
     assert summary["secure_aggregation"] is False and summary["secure_rounds"] == 0
     assert "secure aggregation is OFF" in second.stderr
+    assert "differential privacy is OFF" in second.stderr
+    assert all(site["dp"] is False for site in summary["privacy"].values())
     db = Database.for_workdir(workdir / "coordinator")
     try:
-        assert "security.plain_aggregation" in {e.action for e in EventLog(db).list()}
+        actions = [(e.action, e.resource) for e in EventLog(db).list()]
     finally:
         db.close()
+    assert ("security.plain_aggregation", "fedshield-demo") in actions
+    assert ("security.no_dp", "fedshield-demo") in actions
+    assert ("security.no_dp", "participant/site-1") in actions
     assert summary["rounds_completed"] == 1
     assert summary["participants"] == 2
     assert sorted(summary["per_participant_accuracy"]) == ["site-1", "site-2"]

@@ -42,6 +42,9 @@ count = 6
 
 [rounds]
 count = 3
+
+[privacy]
+mode = "off"
 """
 
 
@@ -54,6 +57,7 @@ def plain_config() -> FederationConfig:
             "participants": {"count": 3},
             "rounds": {"count": 2, "min_participants": 3},
             "secure_aggregation": {"enabled": False},
+            "privacy": {"mode": "off"},
         },
         source="test",
     )
@@ -176,6 +180,7 @@ def test_group_wise_mode_caps_f_and_reports_what_cannot_run(tmp_path: Path) -> N
             "data": {"dataset": "digits", "partition": "iid"},
             "participants": {"count": 6},
             "rounds": {"count": 2},
+            "privacy": {"mode": "off"},
         },
         source="test",
     )

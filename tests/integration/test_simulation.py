@@ -30,6 +30,7 @@ def small_config() -> FederationConfig:
             "data": {"dataset": "digits", "partition": "iid"},
             "participants": {"count": 4},
             "rounds": {"count": 3, "min_participants": 2},
+            "privacy": {"mode": "off"},
         },
         source="test",
     )
@@ -138,6 +139,7 @@ def hundred() -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
         "100",
         "--rounds",
         "3",
+        "--no-dp",  # 100 sites of ~11 records: a test of scale, not of DP
         "--json",
         "-",
     )
@@ -179,6 +181,7 @@ def test_secure_aggregation_in_simulation_matches_plain_fedavg(tmp_path: Path) -
         "data": {"dataset": "digits", "partition": "iid"},
         "participants": {"count": 4},
         "rounds": {"count": 3},
+        "privacy": {"mode": "off"},
     }
     plain_cfg = parse_config({**base, "secure_aggregation": {"enabled": False}})
     plain = run_simulation(plain_cfg, workdir=tmp_path / "plain", base_dir=tmp_path)
@@ -198,6 +201,7 @@ def test_group_wise_secure_aggregation_in_simulation(tmp_path: Path) -> None:
         "data": {"dataset": "digits", "partition": "iid"},
         "participants": {"count": 6},
         "rounds": {"count": 3},
+        "privacy": {"mode": "off"},
     }
     secure = {"enabled": True, "clip_range": 1.0}
     whole = run_simulation(
@@ -224,6 +228,7 @@ def test_too_large_a_group_size_fails_the_round_with_the_reason(tmp_path: Path) 
             "participants": {"count": 4},
             "rounds": {"count": 1, "fraction": 0.5, "max_retries": 0},
             "secure_aggregation": {"enabled": True, "min_group_size": 3},
+            "privacy": {"mode": "off"},
         }
     )
     with pytest.raises(RoundFailedError, match="cannot form a group of at least 3"):
@@ -241,6 +246,7 @@ def test_a_robust_rule_over_secure_group_means_in_simulation(tmp_path: Path) -> 
                 "rounds": {"count": 3, "min_participants": 6},
                 "secure_aggregation": {"enabled": True, "clip_range": 1.0, "min_group_size": 2},
                 "robust": {"rule": rule, "num_byzantine": num_byzantine},
+                "privacy": {"mode": "off"},
             }
         )
         return run_simulation(config, workdir=tmp_path / rule, base_dir=tmp_path)

@@ -38,6 +38,13 @@ def test_empty_document_parses_to_documented_defaults() -> None:
     assert cfg.rounds.final_evaluation is True
     assert cfg.server.optimizer == "fedavg"
     assert cfg.transport.max_payload_bytes == 256 * 2**20
+    # Secure by default: every site trains with sample-level DP unless told otherwise.
+    assert cfg.privacy.mode == "sample" and cfg.privacy.enabled
+    assert (cfg.privacy.target_epsilon, cfg.privacy.target_delta) == (8.0, 1e-5)
+    assert cfg.privacy.max_grad_norm == 1.0 and cfg.privacy.accountant == "pld"
+    assert cfg.privacy.noise_multiplier is None  # calibrated at each site
+    assert cfg.privacy.sampling_rate is None  # batch_size / records at each site
+    assert cfg.privacy.planned_rounds is None  # rounds.count
 
 
 def test_config_is_frozen() -> None:
@@ -395,3 +402,41 @@ def test_a_robust_rule_with_secure_aggregation_needs_groups() -> None:
             "robust": {"rule": "krum", "num_byzantine": 1},
         }
     )
+
+
+# ------------------------------------------------------------------------------ privacy
+
+
+@pytest.mark.parametrize(
+    ("privacy", "key", "reason"),
+    [
+        ({"target_epsilon": 0}, "privacy.target_epsilon", "must be > 0"),
+        ({"target_epsilon": -1.0}, "privacy.target_epsilon", "must be > 0"),
+        ({"target_epsilon": math.inf}, "privacy.target_epsilon", "must be finite"),
+        ({"target_delta": 0}, "privacy.target_delta", "in (0, 1)"),
+        ({"target_delta": 1.0}, "privacy.target_delta", "in (0, 1)"),
+        ({"max_grad_norm": 0}, "privacy.max_grad_norm", "> 0"),
+        ({"max_grad_norm": -0.5}, "privacy.max_grad_norm", "> 0"),
+        ({"noise_multiplier": 0}, "noise_multiplier is 0", "no noise is no differential"),
+        ({"noise_multiplier": -1.0}, "privacy.noise_multiplier", "> 0"),
+        ({"sampling_rate": 0}, "privacy.sampling_rate", "(0, 1]"),
+        ({"sampling_rate": 1.5}, "privacy.sampling_rate", "(0, 1]"),
+        ({"mode": "central"}, "privacy.mode", "central"),
+        ({"accountant": "moments"}, "privacy.accountant", "moments"),
+        ({"planned_rounds": 0}, "privacy.planned_rounds", "0"),
+        ({"epsilon": 1.0}, "privacy.epsilon", "unknown key"),
+    ],
+)
+def test_impossible_or_useless_privacy_settings_are_rejected_with_the_reason(
+    privacy: dict[str, Any], key: str, reason: str
+) -> None:
+    message = config_error({"privacy": privacy})
+    assert key in message
+    assert reason in message
+
+
+def test_dp_off_is_explicit_and_noise_0_is_then_allowed() -> None:
+    cfg = parse_config({"privacy": {"mode": "off", "noise_multiplier": 0}})
+    assert cfg.privacy.mode == "off" and not cfg.privacy.enabled
+    given = parse_config({"privacy": {"noise_multiplier": 1.1, "sampling_rate": 0.1}})
+    assert given.privacy.noise_multiplier == 1.1 and given.privacy.sampling_rate == 0.1

@@ -144,9 +144,33 @@ def test_settings_and_models_dp_cannot_protect_are_refused() -> None:
             dp=dp,
             rng=deterministic_random(b"b"),
         )
+    with pytest.raises(ConfigError, match="Dropout"):
+        train_dp_sgd(
+            nn.Sequential(nn.Linear(8, 4), nn.Dropout(0.1)),
+            *_records(),
+            config=PLAIN,
+            dp=dp,
+            rng=deterministic_random(b"d"),
+        )
     with pytest.raises(TaskError, match="one label each"):
         x, y = _records()
         train_dp_sgd(_model(), x, y[:3], config=PLAIN, dp=dp, rng=deterministic_random(b"e"))
+
+
+def test_the_mnist_cnn_trains_with_dp_sgd() -> None:
+    # Per-record gradients through convolutions and pooling (the mnist task's model).
+    from fedshield.training.tasks import _mnist_model
+
+    torch.manual_seed(0)
+    model = _mnist_model()
+    start = _flat(model)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(24, 1, 28, 28, generator=g), torch.randint(0, 10, (24,), generator=g)
+    dp = DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0, sampling_rate=0.5)
+    result = train_dp_sgd(model, x, y, config=PLAIN, dp=dp, rng=deterministic_random(b"cnn"))
+    assert result.steps == 2 and result.num_examples == 24
+    after = _flat(model)
+    assert torch.isfinite(after).all() and not torch.equal(after, start)
 
 
 def test_dataset_tensors_reads_every_record_in_order() -> None:

@@ -26,11 +26,15 @@ TFF_Q = 120 / 3383  # TFF DP tutorial: 120 of 3383 EMNIST clients per round
 def test_the_public_surface() -> None:
     assert set(privacy.__all__) == {
         "ACCOUNTANTS",
+        "LedgerEntry",
         "PLD_VALUE_DISCRETIZATION",
+        "PrivacyBudget",
         "SAMPLINGS",
         "Accountant",
         "Sampling",
         "calibrate",
+        "calibrate_event",
+        "compose",
         "dp_event",
         "epsilon",
         "epsilon_of",

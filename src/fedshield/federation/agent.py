@@ -7,6 +7,14 @@ task message, validated like the federation file.
 
 The agent survives a coordinator restart: its client keeps retrying with backoff until
 the coordinator is back (or ``reconnect_timeout_s`` passes), then it polls again.
+
+Differential privacy is the site's decision, in its own ``participant.toml``
+(``[privacy]``, see :class:`~fedshield.config.PrivacyConfig`); nothing the coordinator
+sends changes it. With DP on (the default) the site trains with DP-SGD and keeps its
+privacy ledger in the kit (``privacy-ledger.jsonl``). A fit round that would take the
+site over its budget is declined with the reason (the coordinator counts a dropout);
+the agent says so, stays connected (it may still be asked to evaluate, which costs
+no training privacy) and ends with the federation like any other site.
 """
 
 from __future__ import annotations
@@ -19,8 +27,9 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fedshield.config import DataConfig, TransportConfig
+from fedshield.config import DataConfig, PrivacyConfig, TransportConfig
 from fedshield.errors import (
+    BudgetExhaustedError,
     ConfigError,
     FedshieldError,
     ProtocolError,
@@ -29,9 +38,11 @@ from fedshield.errors import (
 )
 from fedshield.federation.coordinator import data_spec, utcnow
 from fedshield.federation.participant import LocalTrainer, train_config_of
+from fedshield.federation.privacy_ledger import LEDGER_FILE, PrivacyLedgerFile, SitePrivacy
 from fedshield.federation.secure_agent import SecureSession, SpentLedger
 from fedshield.identity import Kit, client_ssl_context, load_certificate
 from fedshield.tensors import Layout, flatten
+from fedshield.training.dpsgd import dataset_tensors
 from fedshield.training.tasks import (
     TaskContext,
     TaskParts,
@@ -79,6 +90,7 @@ class ParticipantFile(BaseModel):
     participant: ParticipantSection
     data: DataConfig = DataConfig()
     transport: TransportConfig = TransportConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
 
 def load_participant_file(kit_dir: Path) -> ParticipantFile:
@@ -107,6 +119,8 @@ class AgentResult:
     rounds_trained: int
     rounds_evaluated: int
     end: str
+    rounds_refused: int = 0
+    """Fit rounds declined because they would have exceeded the privacy budget."""
 
 
 def run_agent(
@@ -138,6 +152,7 @@ def run_agent(
     )
     parts = call_task(factory, ctx)
     layout = Layout.of(model_weights(parts.model))
+    privacy = _site_privacy(kit.dir, settings, parts, say)
     transport = settings.transport
     client = CoordinatorClient(
         coordinator_url or me.coordinator,
@@ -149,7 +164,7 @@ def run_agent(
         reconnect_timeout_s=transport.reconnect_timeout_s,
         max_payload_bytes=transport.max_payload_bytes,
     )
-    trained = evaluated = 0
+    trained = evaluated = refused = 0
     session: SecureSession | None = None
     signing_key = kit.signing_key()
     ca_cert = load_certificate(kit.ca_path)
@@ -166,7 +181,7 @@ def run_agent(
                 )
             if task.kind == "finished":
                 say("federation finished")
-                return AgentResult(trained, evaluated, "finished")
+                return AgentResult(trained, evaluated, "finished", refused)
             if task.kind == "failed":
                 raise RoundFailedError(f"the coordinator reports: {task.reason}")
             if task.kind == "fit" and me.require_secure_aggregation and not task.secure_aggregation:
@@ -190,7 +205,15 @@ def run_agent(
                     say(f"round {task.round}: sitting out: {reason}")
                     client.decline(task.round, task.attempt, reason)
                     continue
-                outcome = _work(client, parts, layout, task, me, say)
+                try:
+                    outcome = _work(client, parts, layout, task, me, say, privacy)
+                except BudgetExhaustedError as exc:
+                    # Refused before training: nothing was computed on the data.
+                    assert task.round is not None and task.attempt is not None
+                    say(f"round {task.round}: declining: {exc.message}")
+                    client.decline(task.round, task.attempt, exc.message[:1000])
+                    refused += 1
+                    continue
                 if isinstance(outcome, SecureUpdate):
                     session = SecureSession(
                         name=me.name,
@@ -266,6 +289,38 @@ def _secure_stage(
     return session
 
 
+def _site_privacy(
+    kit_dir: Path, settings: ParticipantFile, parts: TaskParts, say: Callable[[str], None]
+) -> SitePrivacy | None:
+    """Resolve this site's ``[privacy]``: check it against the data and load the ledger."""
+    config = settings.privacy
+    if not config.enabled:
+        say(
+            "WARNING: differential privacy is OFF at this site ([privacy] mode = 'off' in "
+            "participant.toml): its updates can reveal its training records"
+        )
+        return None
+    ledger_path = kit_dir / LEDGER_FILE
+    privacy = SitePrivacy(
+        config,
+        ledger=PrivacyLedgerFile(ledger_path),
+        batch_size=settings.participant.batch_size,
+        planned_rounds=None,
+    )
+    if parts.train_loader is None:
+        raise TaskError("the task returned no training data for this participant")
+    records = int(dataset_tensors(parts.train_loader)[0].shape[0])
+    privacy.check_records(records)  # fail at start, not in round 1
+    entries = privacy.ledger.entries
+    say(
+        f"differential privacy: sample-level DP-SGD on {records} records, budget epsilon "
+        f"{config.target_epsilon:g} at delta {config.target_delta:g} ({config.accountant}); "
+        f"spent so far epsilon {privacy.spent():.4g} in {len(entries)} round(s) "
+        f"(ledger {ledger_path})"
+    )
+    return privacy
+
+
 def _work(
     client: CoordinatorClient,
     parts: TaskParts,
@@ -273,6 +328,7 @@ def _work(
     task: TaskMessage,
     me: ParticipantSection,
     say: Callable[[str], None],
+    privacy: SitePrivacy | None = None,
 ) -> SecureUpdate | None:
     assert task.round is not None and task.attempt is not None and task.model_sha3 is not None
     if task.task is None or task.task.name != me.task:
@@ -283,10 +339,13 @@ def _work(
         )
     weights = client.fetch_model(task.model_sha3, layout=layout)
     trainer = LocalTrainer(
-        parts, config=train_config_of(task.task), seed=me.seed + me.partition_index
+        parts,
+        config=train_config_of(task.task),
+        seed=me.seed + me.partition_index,
+        privacy=privacy if task.kind == "fit" else None,
     )
     if task.kind == "fit":
-        outcome = trainer.fit(weights, round=task.round)
+        outcome = trainer.fit(weights, round=task.round, attempt=task.attempt)
         meta = FitMeta(
             round=task.round,
             attempt=task.attempt,
@@ -294,10 +353,17 @@ def _work(
             num_examples=outcome.num_examples,
             metrics=outcome.metrics,
         )
-        say(
-            f"round {task.round}: trained on {outcome.num_examples} examples, "
-            f"loss {outcome.metrics['train_loss']:.4f}"
-        )
+        if "epsilon" in outcome.metrics:
+            say(
+                f"round {task.round}: trained with DP-SGD on {outcome.num_examples} "
+                f"examples; privacy spent epsilon {outcome.metrics['epsilon']:.4g} of "
+                f"{outcome.metrics['target_epsilon']:g} (delta {outcome.metrics['delta']:g})"
+            )
+        else:
+            say(
+                f"round {task.round}: trained on {outcome.num_examples} examples, "
+                f"loss {outcome.metrics['train_loss']:.4f}"
+            )
         if task.secure_aggregation:
             # Only the count and metrics go out now; the update only inside SecAgg+.
             client.push_fit_report(meta)

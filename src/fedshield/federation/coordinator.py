@@ -9,7 +9,11 @@ service drive. It owns the side effects the pure :class:`RoundMachine` must not 
 * on a :class:`CommitRequest` it evaluates the new model on the server's test set (if
   the task has one), commits it durably (blob fsynced, then one transaction) and only
   then tells the machine, so a round is never reported done before its model is safe;
-* every round start and end is written to the round log.
+* every round start and end is written to the round log, with the reasons of the
+  participants that refused a round (a privacy budget spent, a declined task);
+* training without differential privacy leaves a ``security.no_dp`` event: once at
+  start when the federation's ``[privacy]`` default is off, and once per participant
+  that reports a fit without DP (each site decides; the coordinator keeps the record).
 
 All methods are thread-safe: one lock serialises the machine and the database.
 """
@@ -19,7 +23,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,7 +71,15 @@ from fedshield.training.tasks import (
     resolve_task,
 )
 
-__all__ = ["SECURE_STAGES", "Committed", "Coordinator", "data_spec", "round_entry", "utcnow"]
+__all__ = [
+    "SECURE_STAGES",
+    "Committed",
+    "Coordinator",
+    "data_spec",
+    "privacy_report",
+    "round_entry",
+    "utcnow",
+]
 
 QUARANTINE_ACTIONS = ("participant.quarantine", "participant.release")
 """Events that put a participant in quarantine and take it out (admin only)."""
@@ -166,6 +178,44 @@ def round_entry(record: RoundRecord) -> dict[str, Any]:
         "finished_at": record.finished_at.isoformat() if record.finished_at else None,
         "elapsed_s": elapsed,
     }
+
+
+def privacy_report(records: Sequence[RoundRecord]) -> dict[str, dict[str, Any]]:
+    """Return each site's privacy as it reported it, from the committed fit rounds.
+
+    For every participant that answered a committed fit round with a ``dp`` metric:
+    ``dp`` (whether its last round was trained with DP), ``epsilon`` and ``delta`` (what
+    it had spent after its last committed round; ``None`` without DP), ``budget`` (its
+    target epsilon) and ``rounds`` (committed rounds it trained in). A round a site
+    trained in that was then retried is in its own ledger, not here: the ledger at the
+    site is the authority.
+    """
+    report: dict[str, dict[str, Any]] = {}
+    for record in records:
+        if record.kind != "fit" or record.status != "committed":
+            continue
+        for name in record.answered:
+            dp = record.metrics.get(f"{name}.dp")
+            if dp is None:
+                continue
+            entry = report.setdefault(name, {"rounds": 0})
+            entry["rounds"] += 1
+            entry["dp"] = bool(dp)
+            for key, label in (
+                ("epsilon", "epsilon"),
+                ("delta", "delta"),
+                ("target_epsilon", "budget"),
+            ):
+                value = record.metrics.get(f"{name}.{key}")
+                entry[label] = None if value is None else float(value)
+    return dict(sorted(report.items()))
+
+
+def _refusals(rejected: Mapping[str, str]) -> str | None:
+    """Return the round log's note of who refused (or was refused) and why."""
+    if not rejected:
+        return None
+    return "; ".join(f"{name} refused: {why}" for name, why in sorted(rejected.items()))
 
 
 @dataclass
@@ -273,6 +323,20 @@ class Coordinator:
                 details={"reason": "secure_aggregation.enabled is false: updates are seen"},
                 now=now,
             )
+        if not config.privacy.enabled:
+            self.events.record(
+                actor=actor,
+                action="security.no_dp",
+                resource=config.federation.name,
+                outcome="warn",
+                details={
+                    "reason": "privacy.mode is 'off': sites train without differential "
+                    "privacy unless their own [privacy] says otherwise",
+                    "config": "privacy.mode",
+                },
+                now=now,
+            )
+        self._no_dp_seen: set[str] = set()
         self.resumed_from = head.version if completed or aborted else None
         # Resume the numbering of the round that comes next; only attempts that failed
         # for lack of answers count against max_retries, not ones a restart cut short.
@@ -360,9 +424,28 @@ class Coordinator:
             self.machine.expects(participant, kind=kind, round=round, attempt=attempt, now=now)
 
     def submit_fit(self, participant: str, **kwargs: Any) -> None:
-        """Forward a fit result to the machine (see :meth:`RoundMachine.submit_fit`)."""
+        """Forward a fit result to the machine (see :meth:`RoundMachine.submit_fit`).
+
+        A participant that reports training without DP (metric ``dp = 0``) is recorded
+        as a ``security.no_dp`` event, once per participant and coordinator run.
+        """
         with self._lock:
             self.machine.submit_fit(participant, **kwargs)
+            metrics = kwargs.get("metrics") or {}
+            if metrics.get("dp") == 0 and participant not in self._no_dp_seen:
+                self._no_dp_seen.add(participant)
+                self.events.record(
+                    actor=self.actor,
+                    action="security.no_dp",
+                    resource=f"participant/{participant}",
+                    outcome="warn",
+                    details={
+                        "round": kwargs.get("round"),
+                        "reason": "the participant trained without differential privacy "
+                        "(its [privacy] mode is 'off')",
+                    },
+                    now=self._clock(),
+                )
 
     def submit_secure_sum(self, **kwargs: Any) -> None:
         """Forward a secure aggregate (see :meth:`RoundMachine.submit_secure_sum`)."""
@@ -385,9 +468,20 @@ class Coordinator:
             self.machine.fail_secure(reason, round=round, attempt=attempt)
 
     def reject(self, participant: str, reason: str, *, round: int, attempt: int) -> None:
-        """Record a refused payload (see :meth:`RoundMachine.reject`)."""
+        """Record a refused payload or a refusal (see :meth:`RoundMachine.reject`).
+
+        The refusal is also an event (``round.refusal``), whatever becomes of the round.
+        """
         with self._lock:
             self.machine.reject(participant, reason, round=round, attempt=attempt)
+            self.events.record(
+                actor=participant,
+                action="round.refusal",
+                resource=f"round/{round}",
+                outcome="refused",
+                details={"attempt": attempt, "reason": reason[:1000]},
+                now=self._clock(),
+            )
 
     def step(self, now: datetime, available: Collection[str]) -> list[Report]:
         """Advance the machine and carry out the side effects of what happened.
@@ -559,7 +653,7 @@ class Coordinator:
             "committed",
             answered=request.answered,
             dropped=request.dropped,
-            reason=None,
+            reason=_refusals(request.rejected),
             version=version.version,
             metrics={**metrics, **timings},
             now=self._clock(),

@@ -48,11 +48,16 @@ def provision_federation(
 
     Each participant kit gets a ``participant.toml`` naming its federation, its task, its
     data (a CSV directory is made absolute against ``base_dir``) and where the
-    coordinator is.
+    coordinator is, and the federation's ``[privacy]`` settings as the site's own
+    starting point (``planned_rounds`` filled in from ``rounds.count``): the site may
+    edit them, and its file, not the coordinator, decides.
     """
     names = config.participants.resolved_names()
     url = coordinator_url or f"https://{config.coordinator.host}:{config.coordinator.port}"
     data = absolute_data_paths(config, base_dir).data.model_dump(mode="json")
+    privacy = config.privacy.model_dump(mode="json")
+    if privacy["planned_rounds"] is None:
+        privacy["planned_rounds"] = config.rounds.count
     extra: dict[str, dict[str, str]] = {}
     for index, name in enumerate(names):
         document = {
@@ -76,6 +81,8 @@ def provision_federation(
             },
             "data": data,
             "transport": config.transport.model_dump(mode="json"),
+            # The site's own privacy budget; it may change it (the site decides).
+            "privacy": privacy,
         }
         extra[name] = {"participant.toml": _toml.dumps(document)}
     return provision(

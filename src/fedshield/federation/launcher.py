@@ -24,7 +24,7 @@ from typing import IO, Any
 
 from fedshield.config import FederationConfig
 from fedshield.errors import ConfigError, RoundFailedError, TransportError
-from fedshield.federation.coordinator import round_entry, utcnow
+from fedshield.federation.coordinator import privacy_report, round_entry, utcnow
 from fedshield.federation.kits import absolute_data_paths, provision_federation, write_config
 from fedshield.identity import Kit, client_ssl_context
 from fedshield.storage import Database, EventLog, ModelRegistry, RoundLog
@@ -293,6 +293,8 @@ def summarize(coordinator_workdir: Path, *, config: FederationConfig) -> dict[st
             "participants": len(config.participants.resolved_names()),
             "dropped": sorted({p for r in committed for p in r.dropped}),
             "secure_aggregation": config.secure_aggregation.enabled,
+            # Each site's own report: what it spent, at which delta, of which budget.
+            "privacy": privacy_report(rounds),
             # Evidence, not intent: rounds whose sum SecAgg+ actually produced.
             "secure_rounds": sum(e.action == "secagg.finish" for e in EventLog(db).list()),
         }

@@ -54,10 +54,14 @@ __all__ = [
     "RoundPolicy",
     "RoundRetried",
     "SecureProgress",
+    "refusal_note",
 ]
 
 MAX_EXAMPLES = 10**9
 MAX_METRICS = 32
+SITE_METRICS = frozenset({"dp", "epsilon", "delta", "target_epsilon"})
+"""Metrics that describe one site, not the round (its privacy spending): recorded as
+``<site>.<metric>`` and never averaged. ``epsilon_max`` is the round's largest epsilon."""
 
 Kind = Literal["fit", "evaluate"]
 
@@ -284,6 +288,35 @@ def _check_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
             raise PayloadError(f"metric {key!r} is not finite: {value!r}")
         out[key] = number
     return out
+
+
+def refusal_note(rejected: Mapping[str, str]) -> str:
+    """Return ``"; refused: NAME: REASON and N more"`` for a failure reason, or ``""``.
+
+    Says why a round lacks answers (a spent privacy budget, a refused payload...).
+    """
+    if not rejected:
+        return ""
+    first, why = sorted(rejected.items())[0]
+    others = f" and {len(rejected) - 1} more" if len(rejected) > 1 else ""
+    return f"; refused: {first}: {why}{others}"
+
+
+def _round_metrics(op: _Open, answered: tuple[str, ...]) -> dict[str, float]:
+    """Average the answers' metrics by example count; keep site metrics per site."""
+    shared = {
+        p: {k: v for k, v in op.metrics[p].items() if k not in SITE_METRICS} for p in answered
+    }
+    metrics = _weighted_metrics(shared, {p: op.examples[p] for p in answered})
+    epsilons = []
+    for p in answered:
+        for key in sorted(SITE_METRICS & set(op.metrics[p])):
+            metrics[f"{p}.{key}"] = op.metrics[p][key]
+        if "epsilon" in op.metrics[p]:
+            epsilons.append(op.metrics[p]["epsilon"])
+    if epsilons:
+        metrics["epsilon_max"] = max(epsilons)
+    return metrics
 
 
 def _weighted_metrics(
@@ -522,10 +555,9 @@ class RoundMachine:
                 f"{len(answered)} of {len(op.selected)} selected participants answered "
                 f"before the deadline; at least {self.policy.min_participants} are required"
             )
+            reason += refusal_note(op.rejected)
             return [self._give_up(op.kind, reason, answered=answered, dropped=dropped)]
-        metrics = _weighted_metrics(
-            {p: op.metrics[p] for p in answered}, {p: op.examples[p] for p in answered}
-        )
+        metrics = _round_metrics(op, answered)
         if op.kind == "evaluate":
             self._open = None
             self._evaluated = True

@@ -17,26 +17,42 @@ Two keyword-only hooks exist for evaluation (the red-team runner in
   name, and returns the vectors they submit instead: in the clear, or as SecAgg+ inputs
   when secure aggregation is on (so a tampered vector is masked and summed like any
   other). It must return the same names, each a finite ``(layout.size,)`` vector.
+
+Differential privacy: every site trains under the federation's ``[privacy]`` table,
+or under its own when ``site_privacy`` names it (in a real federation each site reads
+its own ``participant.toml``). A site's privacy ledger is
+``<workdir>/privacy/<site>.jsonl``, so a simulation resumed in the same workdir
+remembers what each site spent. A site whose budget a round would exceed refuses it;
+the refusal is a dropout, recorded with the round (its reason in the round log).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from fedshield.config import FederationConfig
+from fedshield.config import FederationConfig, PrivacyConfig
 from fedshield.errors import ConfigError, FedshieldError, PayloadError, RoundFailedError, TaskError
-from fedshield.federation.coordinator import Committed, Coordinator, Report, data_spec, utcnow
+from fedshield.federation.coordinator import (
+    Committed,
+    Coordinator,
+    Report,
+    data_spec,
+    privacy_report,
+    utcnow,
+)
 from fedshield.federation.participant import FitOutcome, LocalTrainer, train_config_of
+from fedshield.federation.privacy_ledger import PrivacyLedgerFile, SitePrivacy
 from fedshield.federation.round import (
     FederationFailed,
     FederationFinished,
     RoundEvaluated,
     RoundOpened,
+    refusal_note,
 )
 from fedshield.federation.secure import secagg_params
 from fedshield.secagg import run_in_memory, system_random
@@ -65,18 +81,44 @@ class SimulationResult:
     participants: int
     wall_s: float
     secure_aggregation: bool = False
+    privacy: dict[str, dict[str, object]] = field(default_factory=dict)
+    """Per site, as it reported in its last committed round: ``dp``, ``epsilon``,
+    ``delta``, ``budget`` (target epsilon) and ``rounds`` (see ``privacy_report``)."""
 
 
 class _Sites:
     def __init__(
-        self, config: FederationConfig, base_dir: Path, site_parts: SitePartsHook | None = None
+        self,
+        config: FederationConfig,
+        base_dir: Path,
+        site_parts: SitePartsHook | None = None,
+        *,
+        workdir: Path,
+        site_privacy: Mapping[str, PrivacyConfig] | None = None,
     ) -> None:
         self.config = config
         self.base_dir = base_dir
+        self.workdir = workdir
         self.names = config.participants.resolved_names()
         self.factory = resolve_task(config.task.name)
         self.site_parts = site_parts
+        self.site_privacy = dict(site_privacy or {})
+        unknown = sorted(set(self.site_privacy) - set(self.names))
+        if unknown:
+            raise ConfigError(f"site_privacy names unknown participants {unknown}")
         self._trainers: dict[str, LocalTrainer] = {}
+
+    def privacy(self, name: str) -> SitePrivacy | None:
+        """Return the site's DP settings and ledger, or None if it trains without DP."""
+        settings = self.site_privacy.get(name, self.config.privacy)
+        if not settings.enabled:
+            return None
+        return SitePrivacy(
+            settings,
+            ledger=PrivacyLedgerFile(self.workdir / "privacy" / f"{name}.jsonl"),
+            batch_size=self.config.task.batch_size,
+            planned_rounds=self.config.rounds.count,
+        )
 
     def trainer(self, name: str) -> LocalTrainer:
         if name not in self._trainers:
@@ -108,6 +150,7 @@ class _Sites:
                 parts,
                 config=train_config_of(self.config.task),
                 seed=self.config.federation.seed + index,
+                privacy=self.privacy(name),
             )
         return self._trainers[name]
 
@@ -121,21 +164,26 @@ def run_simulation(
     seed: int | None = None,
     site_parts: SitePartsHook | None = None,
     tamper_updates: TamperHook | None = None,
+    site_privacy: Mapping[str, PrivacyConfig] | None = None,
 ) -> SimulationResult:
     """Run every round of ``config`` in this process and return the summary.
 
     ``site_parts`` and ``tamper_updates`` are evaluation hooks (see the module
-    docstring); without them nothing about the run changes.
+    docstring); without them nothing about the run changes. ``site_privacy`` gives
+    named sites their own ``[privacy]`` settings instead of the federation's.
 
     Raises
     ------
     RoundFailedError
         If a round fails after its retries.
+    ConfigError
+        If a site's settings are invalid for its data (e.g. ``target_delta`` not below
+        ``1 / records``): a configuration error stops the run, it is no dropout.
     """
     started = time.perf_counter()
     rng = np.random.default_rng(config.federation.seed if seed is None else seed)
     coordinator = Coordinator(config, workdir=workdir, base_dir=base_dir, now=utcnow(), rng=rng)
-    sites = _Sites(config, base_dir, site_parts)
+    sites = _Sites(config, base_dir, site_parts, workdir=workdir, site_privacy=site_privacy)
     everyone = sites.names
     final: RoundEvaluated | None = None
     committed: list[Committed] = []
@@ -180,6 +228,7 @@ def run_simulation(
             participants=len(everyone),
             wall_s=time.perf_counter() - started,
             secure_aggregation=config.secure_aggregation.enabled,
+            privacy=privacy_report(coordinator.rounds.list()),
         )
     finally:
         coordinator.close()
@@ -216,11 +265,17 @@ def _play_fit(
     secure = sites.config.secure_aggregation.enabled
     layout = coordinator.layout
     outcomes: dict[str, FitOutcome] = {}
+    refused: dict[str, str] = {}
     for name in opened.selected:
         try:
-            outcomes[name] = sites.trainer(name).fit(weights, round=opened.round)
+            trainer = sites.trainer(name)
+            outcomes[name] = trainer.fit(weights, round=opened.round, attempt=opened.attempt)
+        except ConfigError:
+            raise  # the user's settings are wrong: stop and say so
         except FedshieldError as exc:
-            # One participant's failure is its dropout, not the federation's.
+            # One participant's failure (or refusal: its privacy budget) is its dropout,
+            # not the federation's; the reason is recorded with the round.
+            refused[name] = exc.message
             coordinator.reject(name, exc.message, round=opened.round, attempt=opened.attempt)
     vectors: dict[str, np.ndarray] = {}
     if secure or tamper is not None:
@@ -244,6 +299,7 @@ def _play_fit(
                 now=utcnow(),
             )
         except FedshieldError as exc:
+            refused[name] = exc.message
             coordinator.reject(name, exc.message, round=opened.round, attempt=opened.attempt)
             continue
         if secure:
@@ -251,7 +307,10 @@ def _play_fit(
     if secure and len(masked_inputs) >= 2:
         _secure_sum(coordinator, sites.config, opened, masked_inputs)
     elif secure:
-        reason = f"{len(masked_inputs)} participant(s) trained; secure aggregation needs 2"
+        reason = (
+            f"{len(masked_inputs)} participant(s) trained; secure aggregation needs 2"
+            f"{refusal_note(refused)}"
+        )
         coordinator.fail_secure(reason, round=opened.round, attempt=opened.attempt)
 
 

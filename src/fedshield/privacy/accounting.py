@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from typing import Any, Literal, get_args
 
@@ -57,6 +57,8 @@ __all__ = [
     "Accountant",
     "Sampling",
     "calibrate",
+    "calibrate_event",
+    "compose",
     "dp_event",
     "epsilon",
     "epsilon_of",
@@ -195,6 +197,27 @@ def dp_event(
     return dp_accounting.SelfComposedDpEvent(round_event, count)
 
 
+def compose(events: Sequence[dp_accounting.DpEvent]) -> dp_accounting.DpEvent:
+    """Return the sequential composition of recorded ``events`` (heterogeneous rounds).
+
+    A ledger whose rounds differ (another noise multiplier, sampling rate or step count)
+    composes them here; :func:`epsilon_of` then recomputes the whole. An empty sequence
+    is ``NoOpDpEvent`` (epsilon 0) and a single event is returned unchanged.
+    """
+    parts = list(events)
+    for part in parts:
+        if not isinstance(part, dp_accounting.DpEvent):
+            raise ConfigError(
+                f"events must be dp_accounting DpEvents, got {type(part).__name__}",
+                hint="Build them with fedshield.privacy.dp_event(...).",
+            )
+    if not parts:
+        return dp_accounting.NoOpDpEvent()
+    if len(parts) == 1:
+        return parts[0]
+    return dp_accounting.ComposedDpEvent(parts)
+
+
 def _samples_fixed(event: Any) -> bool:
     """Whether ``event`` contains fixed-size sampling (which needs replace-one)."""
     if isinstance(event, dp_accounting.SampledWithoutReplacementDpEvent):
@@ -296,18 +319,40 @@ def calibrate(
     dp-accounting's ``calibrate_dp_mechanism`` (Brent's method, then bisection if needed
     to land on the private side).
     """
+    q = _sampling_rate(sampling_rate)
+    count = _rounds(rounds)
+    mode: Sampling = _choice("sampling", sampling, SAMPLINGS)
+
+    def event_of(z: float) -> dp_accounting.DpEvent:
+        return dp_event(noise_multiplier=z, sampling_rate=q, rounds=count, sampling=mode)
+
+    return calibrate_event(
+        event_of,
+        target_epsilon=target_epsilon,
+        target_delta=target_delta,
+        accountant=accountant,
+    )
+
+
+def calibrate_event(
+    event_of: Callable[[float], dp_accounting.DpEvent],
+    *,
+    target_epsilon: float,
+    target_delta: float,
+    accountant: Accountant = "pld",
+) -> float:
+    """Return the smallest noise multiplier ``z`` whose ``event_of(z)`` is (eps, delta)-DP.
+
+    The general form of :func:`calibrate`: ``event_of`` may compose privacy already
+    spent (a ledger's events) with what ``z`` is for, as long as epsilon falls as ``z``
+    grows. Same search, guarantee and tolerance as :func:`calibrate`.
+    """
     eps_hint = "Pass target_epsilon > 0 (typical client-level budgets: 1 to 10)."
     eps = _real("target_epsilon", target_epsilon, eps_hint)
     if eps <= 0.0:
         raise ConfigError(f"target_epsilon must be > 0, got {eps!r}", hint=eps_hint)
     delta = _delta("target_delta", target_delta)
-    q = _sampling_rate(sampling_rate)
-    count = _rounds(rounds)
-    mode: Sampling = _choice("sampling", sampling, SAMPLINGS)
     name: Accountant = _choice("accountant", accountant, ACCOUNTANTS)
-
-    def event_of(z: float) -> dp_accounting.DpEvent:
-        return dp_event(noise_multiplier=z, sampling_rate=q, rounds=count, sampling=mode)
 
     make = _fresh_accountant(event_of(1.0), name)
 

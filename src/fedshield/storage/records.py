@@ -73,7 +73,8 @@ class RoundRecord:
     selected, answered, dropped
         Participant names selected, that answered, and that dropped out.
     reason
-        Why it failed or was aborted, if it did.
+        Why it failed or was aborted, if it did; for a committed round, which selected
+        participants refused (or were refused) and why, if any did.
     model_version
         The version it committed, if any.
     metrics

@@ -19,7 +19,8 @@ compositions of the Poisson-subsampled Gaussian mechanism with noise multiplier
 ``sigma``: that is what :attr:`DPTrainResult.steps` reports to the privacy ledger.
 
 The model must not mix records inside a batch (no BatchNorm: use GroupNorm or
-LayerNorm) and may not use random layers (``vmap`` runs with ``randomness="error"``).
+LayerNorm) and may not use random layers (``vmap`` runs with ``randomness="error"``);
+both are refused with a :class:`~fedshield.errors.ConfigError` before training.
 
 What misuse breaks: reporting the *training loss* (:attr:`DPTrainResult.mean_loss`)
 outside the site spends privacy that no accountant counts; it is for local logs only.
@@ -140,6 +141,13 @@ def _check_model(model: nn.Module) -> None:
                 f"DP-SGD cannot train a model with {type(module).__name__}: batch "
                 "statistics mix records, so a per-record bound does not hold",
                 hint="Replace BatchNorm with GroupNorm or LayerNorm.",
+            )
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            raise ConfigError(
+                f"DP-SGD cannot train a model with {type(module).__name__}: per-record "
+                "gradients are computed without random layers",
+                hint="Remove the dropout layers, or train without DP ([privacy] "
+                "mode = 'off', insecure).",
             )
 
 
