@@ -409,7 +409,7 @@ def redteam(
         typer.Option(help="Comma-separated attacks (default: all ten); 'none' always runs."),
     ] = None,
     defenses: Annotated[
-        str | None, typer.Option(help="Comma-separated robust rules (default: all nine).")
+        str | None, typer.Option(help="Comma-separated robust rules (default: all eleven).")
     ] = None,
     malicious_fraction: Annotated[
         float, typer.Option(help="Share of malicious participants, ceil(fraction * N).")

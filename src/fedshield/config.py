@@ -177,6 +177,8 @@ RobustRule = Literal[
     "geometric_median",
     "centered_clipping",
     "norm_bounding",
+    "fltrust",
+    "foolsgold",
 ]
 
 
@@ -194,12 +196,19 @@ class RobustConfig(_Section):
     round (cosine to the aggregate, norm z-score; ``fedshield.robust.trust``); a site
     whose trust stays low for ``quarantine_after`` rounds is quarantined until an admin
     releases it (``None`` turns quarantine off).
+
+    Two rules keep state the coordinator supplies: ``fltrust`` compares every input
+    with the update the coordinator computes on a clean *root dataset*, the first
+    ``root_examples`` records of its held-out server set (the rest stays its test set);
+    ``foolsgold`` compares participants' update histories across rounds, so it needs
+    individual updates (secure aggregation off).
     """
 
     rule: RobustRule = "mean"
     num_byzantine: int = Field(default=0, ge=0, le=10_000)
     params: dict[str, float] = Field(default_factory=dict, max_length=8)
     quarantine_after: int | None = Field(default=2, ge=1, le=1000)
+    root_examples: int = Field(default=100, ge=1, le=1_000_000)
 
 
 class SecureAggregationConfig(_Section):
@@ -401,6 +410,20 @@ class FederationConfig(_Section):
         # aggregation the fewest groups that quorum can form.
         inputs = self.rounds.min_participants
         secure = self.secure_aggregation
+        if secure.enabled and robust.rule == "foolsgold":
+            raise ValueError(
+                "robust.rule = 'foolsgold' compares each participant's update history, "
+                "which secure aggregation hides (groups are redrawn every round); use "
+                "another rule with secure aggregation, or turn it off"
+            )
+        if robust.rule == "fltrust" and not (
+            self.data.server_test_fraction > 0 or self.data.server_csv
+        ):
+            raise ValueError(
+                "robust.rule = 'fltrust' needs a root dataset at the coordinator, taken "
+                "from its held-out server set: set data.server_test_fraction > 0 (or "
+                "data.server_csv)"
+            )
         if secure.enabled and robust.rule != "mean":
             if secure.min_group_size is None:
                 raise ValueError(
@@ -413,11 +436,18 @@ class FederationConfig(_Section):
 
         try:
             # The rule checks its own assumption and parameters on a dummy input.
+            dummy = np.zeros((max(inputs, 1), 2))
+            state: dict[str, Any] = {}  # what the coordinator supplies each round
+            if robust.rule == "fltrust":
+                state["root_update"] = np.zeros(2)
+            elif robust.rule == "foolsgold":
+                state["history"] = dummy
             aggregate(
                 robust.rule,
-                np.zeros((max(inputs, 1), 2)),
+                dummy,
                 num_byzantine=robust.num_byzantine,
                 **robust.params,
+                **state,
             )
         except (ConfigError, PayloadError, TypeError) as exc:
             message = exc.message if isinstance(exc, FedshieldError) else str(exc)

@@ -209,8 +209,8 @@ def test_settings_are_checked_before_anything_runs(tmp_path: Path) -> None:
     config = plain_config().with_participants(6)
     with pytest.raises(ConfigError, match="unknown attack 'evil'"):
         run_redteam(config, base_dir=tmp_path, attacks=["evil"])
-    with pytest.raises(ConfigError, match="unknown defense 'fltrust'"):
-        run_redteam(config, base_dir=tmp_path, defenses=["fltrust"])
+    with pytest.raises(ConfigError, match="unknown defense 'flame'"):
+        run_redteam(config, base_dir=tmp_path, defenses=["flame"])
     with pytest.raises(ConfigError, match="between 1 and N // 2 = 3, got 4"):
         redteam_config(config, secure_groups=4)
     with pytest.raises(ConfigError, match="make 10 groups, not 7"):
@@ -241,6 +241,9 @@ def test_malicious_choice_and_byzantine_budget() -> None:
         byzantine_budget("bulyan", inputs=6, malicious=1, grouped=False)
     assert byzantine_budget("median", inputs=5, malicious=4, grouped=True) == 2
     assert byzantine_budget("krum", inputs=5, malicious=4, grouped=True) == 1
+    assert byzantine_budget("fltrust", inputs=20, malicious=4, grouped=False) == 4
+    with pytest.raises(ConfigError, match="foolsgold needs each participant's update"):
+        byzantine_budget("foolsgold", inputs=5, malicious=4, grouped=True)
 
 
 def test_importing_the_cli_does_not_import_attacks() -> None:

@@ -306,6 +306,11 @@ def byzantine_budget(defense: str, *, inputs: int, malicious: int, grouped: bool
     rule's assumption. Grouped: the attackers spoil at most ``min(malicious, G)``
     groups; ``f`` is that, lowered to the largest value >= 1 the assumption allows.
     """
+    if grouped and defense == "foolsgold":
+        raise ConfigError(
+            "foolsgold needs each participant's update history, which group-wise "
+            "secure aggregation hides"
+        )
     if defense == "mean" or malicious == 0:
         return 0
     if not grouped:

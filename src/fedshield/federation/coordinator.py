@@ -20,6 +20,8 @@ All methods are thread-safe: one lock serialises the machine and the database.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import threading
 import time
@@ -30,9 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
 
 from fedshield.config import DataConfig, FederationConfig
 from fedshield.errors import ConfigError, PayloadError
+from fedshield.federation.participant import train_config_of
 from fedshield.federation.round import (
     Assignment,
     CommitRequest,
@@ -58,9 +63,9 @@ from fedshield.storage import (
     RoundLog,
     RoundRecord,
 )
-from fedshield.tensors import Layout, Weights
+from fedshield.tensors import Layout, Weights, flatten
 from fedshield.training.datasets import DataSpec
-from fedshield.training.local import evaluate
+from fedshield.training.local import evaluate, train_local
 from fedshield.training.server_opt import make_server_optimizer
 from fedshield.training.tasks import (
     TaskContext,
@@ -80,6 +85,38 @@ __all__ = [
     "round_entry",
     "utcnow",
 ]
+
+
+def _split_root(
+    loader: Any, count: int, *, seed: int, batch_size: int
+) -> tuple[DataLoader[Any], DataLoader[Any]]:
+    """Split the server's held-out set into FLTrust's root dataset and the test set.
+
+    ``count`` records of a seeded random order become the root dataset; the server
+    evaluates on the others only, so the root data never scores its own model.
+    """
+    dataset = getattr(loader, "dataset", None)
+    if dataset is None:
+        raise ConfigError(
+            "robust.rule = 'fltrust' needs a root dataset, and this task has no server "
+            "test set to take it from",
+            hint="Set data.server_test_fraction > 0 (or data.server_csv).",
+        )
+    n = len(dataset)
+    if count >= n:
+        raise ConfigError(
+            f"robust.root_examples = {count} leaves none of the server's {n} held-out "
+            "records for testing",
+            hint=f"Set robust.root_examples below {n}, or raise data.server_test_fraction.",
+        )
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    shuffle = torch.Generator().manual_seed(seed)
+    root = DataLoader(
+        Subset(dataset, order[:count]), batch_size=batch_size, shuffle=True, generator=shuffle
+    )
+    test = DataLoader(Subset(dataset, order[count:]), batch_size=batch_size, shuffle=False)
+    return root, test
+
 
 QUARANTINE_ACTIONS = ("participant.quarantine", "participant.release")
 """Events that put a participant in quarantine and take it out (admin only)."""
@@ -266,6 +303,15 @@ class Coordinator:
             seed=config.federation.seed,
         )
         self.parts: TaskParts = call_task(resolve_task(config.task.name), ctx)
+        self._root_loader: DataLoader[Any] | None = None
+        if config.robust.rule == "fltrust":
+            self._root_loader, test = _split_root(
+                self.parts.test_loader,
+                config.robust.root_examples,
+                seed=config.federation.seed,
+                batch_size=config.task.batch_size,
+            )
+            self.parts = dataclasses.replace(self.parts, test_loader=test)
         head = self.registry.head()
         if head is None:
             weights = model_weights(self.parts.model)
@@ -541,9 +587,27 @@ class Coordinator:
             metrics["server_loss"] = result.loss
         return metrics
 
+    def _root_update(self, event: RoundOpened) -> None:
+        """FLTrust: train the round's model on the root dataset; hand the machine the update."""
+        assert self._root_loader is not None
+        _, head = self.head_weights()
+        model = copy.deepcopy(self.parts.model)
+        load_weights(model, head)
+        train_local(
+            model,
+            self._root_loader,
+            config=train_config_of(self.config.task),
+            generator_seed=self.config.federation.seed * 1_000_003 + event.round,
+        )
+        layout = self.layout
+        vector = flatten(model_weights(model), layout) - flatten(head, layout)
+        self.machine.set_root_update(vector, round=event.round, attempt=event.attempt)
+
     def _handle(self, event: Event, now: datetime) -> list[Report]:
         if isinstance(event, RoundOpened):
             self._timing.opened_at = time.perf_counter()
+            if event.kind == "fit" and self._root_loader is not None:
+                self._root_update(event)
             self._row_id = self.rounds.start(
                 number=event.round,
                 attempt=event.attempt,

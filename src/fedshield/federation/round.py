@@ -28,7 +28,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -274,6 +274,7 @@ class _Open:
     secure_sum: tuple[np.ndarray, tuple[str, ...]] | None = None
     group_means: tuple[np.ndarray, ...] = ()
     secure_failure: str | None = None
+    root_update: np.ndarray | None = None
 
 
 def _check_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -388,6 +389,9 @@ class RoundMachine:
         # The previous round's aggregated update (centered clipping's center).
         self._last_update = np.zeros(self._layout.size, dtype=np.float64)
         self._trust: dict[str, TrustState] = {}
+        # FoolsGold: each participant's updates summed over the rounds it took part in.
+        # Kept in memory only: a coordinator restart starts every history afresh.
+        self._history: dict[str, np.ndarray] = {}
         self.quarantined: set[str] = set(quarantined)
         self.completed_rounds = completed_rounds
         self._evaluated = evaluated
@@ -633,26 +637,42 @@ class RoundMachine:
         if self.policy.robust_rule == "mean" and not self.policy.robust_params:
             weights = np.array([op.examples[p] for p in answered], dtype=np.float64)
             return weighted_mean(vectors, weights=weights)
-        return self._robust(np.stack(vectors))
+        return self._robust(np.stack(vectors), op, answered)
 
     def _combine_secure(self, op: _Open) -> np.ndarray:
         """Return the secure sum's mean, or the robust rule over the group means."""
         assert op.secure_sum is not None
         if self.policy.robust_rule == "mean" or not op.group_means:
             return op.secure_sum[0]
-        return self._robust(np.stack(op.group_means))
+        return self._robust(np.stack(op.group_means), op, ())
 
-    def _robust(self, inputs: np.ndarray) -> np.ndarray:
-        params = dict(self.policy.robust_params)
-        if self.policy.robust_rule == "centered_clipping":
+    def _robust(self, inputs: np.ndarray, op: _Open, answered: tuple[str, ...]) -> np.ndarray:
+        """Apply the rule to ``inputs`` (one row per name in ``answered``, or group means)."""
+        rule = self.policy.robust_rule
+        params: dict[str, Any] = dict(self.policy.robust_params)
+        if rule == "centered_clipping":
             # Karimireddy et al. clip around the previous aggregate (their momentum).
-            params.setdefault("center", self._last_update)  # type: ignore[arg-type]
-        return robust_aggregate(
-            self.policy.robust_rule,
+            params.setdefault("center", self._last_update)
+        elif rule == "fltrust":
+            if op.root_update is None:
+                raise ConfigError("fltrust has no root update for this round")
+            params["root_update"] = op.root_update
+        elif rule == "foolsgold":
+            # The history includes this round's update (Fung et al.); it is kept only
+            # once the rule has accepted the round.
+            history = np.stack(
+                [self._history.get(p, 0.0) + row for p, row in zip(answered, inputs, strict=True)]
+            )
+            params["history"] = history
+        result = robust_aggregate(
+            rule,
             inputs,
             num_byzantine=self.policy.num_byzantine,
             **params,
         )
+        if rule == "foolsgold":
+            self._history.update(zip(answered, params["history"], strict=True))
+        return result
 
     def committed(self, ref: ModelRef, weights: Weights) -> None:
         """Tell the machine the shell durably committed the pending model as ``ref``."""
@@ -822,6 +842,26 @@ class RoundMachine:
             raise PayloadError("a group mean has the wrong shape or non-finite values")
         op.secure_sum = (np.asarray(mean_update, dtype=np.float64), tuple(sorted(survivors)))
         op.group_means = means
+
+    def set_root_update(self, vector: np.ndarray, *, round: int, attempt: int) -> None:
+        """Hand the machine FLTrust's root update for the open fit round.
+
+        The shell computes it by training the round's global model on the root dataset.
+
+        Raises
+        ------
+        ProtocolError
+            If ``round``/``attempt`` is not the open fit round.
+        PayloadError
+            If the vector has the wrong shape or non-finite values.
+        """
+        op = self._open
+        if op is None or op.kind != "fit" or (op.round, op.attempt) != (round, attempt):
+            raise ProtocolError(f"round {round} attempt {attempt} is not the open fit round")
+        vector = np.asarray(vector, dtype=np.float64)
+        if vector.shape != (self._layout.size,) or not np.isfinite(vector).all():
+            raise PayloadError("the root update has the wrong shape or non-finite values")
+        op.root_update = vector
 
     def fail_secure(self, reason: str, *, round: int, attempt: int) -> None:
         """Record that the open fit round's secure aggregation failed for good.
