@@ -299,3 +299,23 @@ def test_a_bad_parameter_exits_2_with_a_message_and_no_traceback(tmp_path: Path)
     assert done.returncode == 2
     assert "is not NAME.KEY=VALUE" in done.stderr + done.stdout
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_every_cell_measures_the_rule_alone() -> None:
+    config = parse_config(
+        {
+            "task": {"name": "digits"},
+            "data": {"dataset": "digits"},
+            "participants": {"count": 6},
+            "rounds": {"min_participants": 3},
+            "privacy": {"mode": "sample"},
+            "secure_aggregation": {"enabled": False},
+            "robust": {"rule": "median", "num_byzantine": 1, "quarantine_after": 2},
+        },
+        source="test",
+    )
+    cell, groups = redteam_config(config)
+    assert groups is None and not cell.secure_aggregation.enabled
+    assert cell.privacy.mode == "off"  # DP would add its own noise to every cell
+    assert cell.robust.quarantine_after is None
+    assert cell.rounds.min_participants == 6 and cell.rounds.max_retries == 0

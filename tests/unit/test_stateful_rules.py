@@ -28,6 +28,7 @@ def _config(rule: str, **extra: Any) -> FederationConfig:
         "participants": {"count": 5},
         "rounds": {"count": 2, "min_participants": 5, "max_retries": 0},
         "secure_aggregation": {"enabled": False},
+        "privacy": {"mode": "off"},  # plain training: the rules alone are under test
         "robust": {"rule": rule, "quarantine_after": None},
     }
     for key, value in extra.items():

@@ -31,7 +31,8 @@ undefended baseline and always runs with ``num_byzantine = 0``.
 Every federation takes all ``N`` participants in every round (``fraction = 1``,
 ``min_participants = N``) so that the rule sees exactly ``N`` updates (or ``G`` group
 means), gives up a round at the first failure (``max_retries = 0``), and has the
-trust-score quarantine (``robust.quarantine_after``) off: a cell measures the rule
+trust-score quarantine (``robust.quarantine_after``) and sample-level differential
+privacy (``[privacy] mode``) off: a cell measures the rule
 alone. A federation that stops (say an attack drives the model to NaN and no honest site
 can train) is a successful denial of service: the cell reports the last committed
 model's accuracy.
@@ -346,6 +347,9 @@ def redteam_config(
     n = len(config.participants.resolved_names())
     data["rounds"].update(fraction=1.0, per_round=None, min_participants=n, max_retries=0)
     data["robust"].update(rule="mean", num_byzantine=0, params={})
+    # Sample-level DP (on by default) adds noise of its own and slows every cell down;
+    # the matrix measures the aggregation rule alone, as the reference run did.
+    data["privacy"]["mode"] = "off"
     if "quarantine_after" in data["robust"]:
         # Each cell measures the rule alone: a quarantined attacker would also shrink
         # the pool below min_participants = N.
