@@ -4,9 +4,12 @@ For every ``n`` and rule, the same float32 updates (``d`` values each, like a mo
 ``default_rng(0).standard_normal((n, d), dtype=float32) * 0.01``) go to
 
 * **fedshield**: ``fedshield.robust.aggregate(rule, updates, num_byzantine=f, **params)``
-  with the float32 matrix (the rule converts it to float64 inside, and that conversion is
-  part of ``fedshield_s``), and once more with an already-float64 copy
-  (``fedshield_f64_input_s``), which isolates the conversion;
+  with the float32 matrix, and once more with an already-float64 copy
+  (``fedshield_f64_input_s``). The rules compute in float64 and the conversion is part of
+  ``fedshield_s``: Krum, Multi-Krum, Bulyan, the median and the trimmed mean convert one
+  column block at a time as they read the data (no ``(n, d)`` float64 copy; Multi-Krum
+  reads it twice, for the distances and for the average); the other rules convert the
+  whole matrix first (``fedshield_float64_conversion`` says which);
 * **the physical limit of a distance-based rule**: one Gram product ``X @ X.T`` of the
   float64 ``(n, d)`` matrix (``gram_s``). Every pairwise distance needs it; Krum and
   Multi-Krum need little else;
@@ -66,6 +69,8 @@ RULES = (
     "foolsgold",
 )
 DISTANCE_BASED = frozenset({"krum", "multi_krum", "bulyan", "foolsgold"})
+# The rules that keep float32 updates and convert them to float64 block by block.
+PER_BLOCK_CONVERSION = frozenset({"krum", "multi_krum", "bulyan", "median", "trimmed_mean"})
 GRAM_GOAL = 1.5  # Krum and Multi-Krum: fedshield_s <= 1.5 gram_s
 FLOWER_KRUM_GOAL = 4.0  # Krum and Multi-Krum: >= 4x faster than legacy aggregate_krum
 F_RULE = (
@@ -228,27 +233,41 @@ def flower_replies(x32: Array) -> list[Any]:
 def krum_steps(rule: str, x32: Array, f: int) -> dict[str, float]:
     """One run of a Krum-family rule cut into its steps (fedshield's private helpers).
 
-    ``as_updates`` is the float32 -> float64 conversion and the finiteness check
-    (``min``/``max``); ``pairwise_sq_distances`` includes ``midrange`` (timed on its own
-    too, by repeating its expression); ``scores_rank`` is ``krum_scores`` and ``rank``;
-    ``output`` is the rest (the copy of the chosen row, the weighted mean of the
-    selected rows, or Bulyan's coordinate step ``_closest_to_median_mean``). Bulyan has
-    ``select`` (``bulyan.select``: the distances, which it computes itself, and the
-    iterated Krum rounds) instead of ``scores_rank``, so its steps add up as
-    ``as_updates + select + output``.
+    ``prepare_unchecked`` checks the shape and the arguments (no conversion, no pass over
+    the values); ``pairwise_sq_distances`` is the one pass over the float32 data: per
+    column block, the column extremes (the midrange, and the NaN/Inf check), the
+    conversion to float64 with the centring, and the Gram product, then clamping and
+    symmetrizing. ``extremes`` times that function's per-block ``max``/``min`` and check
+    again on their own; ``scores_rank`` is ``krum_scores`` and ``rank``; ``output`` is
+    the rest (the chosen row converted, the block-wise weighted mean of the selected
+    rows, or Bulyan's coordinate step ``_closest_to_median_mean``). Bulyan has ``select``
+    (``bulyan.select``: the distances, which it computes itself, and the iterated Krum
+    rounds) instead of ``scores_rank``, so its steps add up as
+    ``prepare_unchecked + select + output``.
     """
-    from fedshield.robust import bulyan
+    from fedshield.robust import bulyan, krum, multi_krum
 
+    def extremes(x: Array) -> None:
+        step = _distances._step(x.shape[0])
+        for start in range(0, x.shape[1], step):
+            part = x[:, start : start + step]
+            _checks.check_extremes(part.min(axis=0), part.max(axis=0), x)
+
+    requirement = {"krum": krum, "multi_krum": multi_krum, "bulyan": bulyan}[rule].requirement
     steps: dict[str, float] = {}
-    steps["as_updates"], x = timed(lambda: _checks.as_updates(x32))
-    steps["midrange"], _ = timed(lambda: (x.max(axis=0) + x.min(axis=0)) / 2)
+    steps["prepare_unchecked"], (x, _, _) = timed(
+        lambda: _checks.prepare_unchecked(x32, None, f, requirement)
+    )
+    steps["extremes"], _ = timed(lambda: extremes(x))
     n = x.shape[0]
     if rule == "bulyan":
         steps["pairwise_sq_distances"], _ = timed(lambda: _distances.pairwise_sq_distances(x))
         steps["select"], chosen = timed(lambda: bulyan.select(x, f))
         chosen = np.sort(chosen)
         steps["output"], _ = timed(
-            lambda: bulyan._closest_to_median_mean(x[chosen], len(chosen) - 2 * f)
+            lambda: bulyan._closest_to_median_mean(
+                x[chosen].astype(np.float64, copy=False), len(chosen) - 2 * f
+            )
         )
         return steps
     steps["pairwise_sq_distances"], dist = timed(lambda: _distances.pairwise_sq_distances(x))
@@ -257,14 +276,14 @@ def krum_steps(rule: str, x32: Array, f: int) -> dict[str, float]:
         lambda: _distances.rank(_distances.krum_scores(dist, f), x, members)
     )
     if rule == "krum":
-        steps["output"], _ = timed(lambda: x[int(order[0])].copy())
+        steps["output"], _ = timed(lambda: x[int(order[0])].astype(np.float64))
     else:
         chosen = order[: n - f]
 
         def mean_of_chosen() -> Array:
             coefficients = np.zeros(n)
             coefficients[chosen] = 1.0
-            return (coefficients / coefficients.sum()) @ x
+            return _distances.weighted_sum(coefficients / coefficients.sum(), x)
 
         steps["output"], _ = timed(mean_of_chosen)
     return steps
@@ -378,6 +397,11 @@ def case(
         "fedshield_runs_s": ours.runs,
         "fedshield_page_faults": int(statistics.median(ours.faults)),
         "fedshield_includes_float64_conversion": True,
+        "fedshield_float64_conversion": (
+            "per column block, as the rule reads it"
+            if rule in PER_BLOCK_CONVERSION
+            else "whole matrix, up front"
+        ),
         "fedshield_f64_input_s": ours64.median_s,
         "fedshield_f64_input_runs_s": ours64.runs,
         "to_float64_s": limits["to_float64_s"],

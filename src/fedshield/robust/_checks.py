@@ -11,19 +11,28 @@ message whichever rule received it:
 Values are bounded by :data:`MAX_ABS_VALUE` (every float32 value fits) so that no sum of
 squares over an update can overflow float64: a Byzantine participant cannot turn a
 distance into ``inf - inf = nan`` with a finite but huge update.
+
+:func:`prepare` returns float64 updates whose values it has checked. The rules that read
+every value once anyway (the Krum family's midrange, the median's sort) use
+:func:`prepare_unchecked` instead: float32 updates stay float32 (each rule converts one
+column block at a time, so no ``(n, d)`` float64 copy is made), and the rule passes each
+block's column extremes to :func:`check_extremes`, which raises the same PayloadError as
+:func:`as_updates`. A bad value is still reported before any other error (see
+:func:`bad_values_first`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from fedshield.errors import ConfigError, PayloadError
+from fedshield.errors import ConfigError, FedshieldError, PayloadError
 
 __all__ = [
     "MAX_ABS_VALUE",
@@ -31,12 +40,15 @@ __all__ = [
     "as_updates",
     "as_vector",
     "as_weights",
+    "bad_values_first",
     "check_byzantine",
+    "check_extremes",
     "need",
     "nonneg_float",
     "positive_float",
     "positive_int",
     "prepare",
+    "prepare_unchecked",
     "uniform_only",
 ]
 
@@ -48,9 +60,11 @@ Squares of such values sum to at most ``2**256 * d``, far below float64's ``2**1
 
 Matrix = npt.NDArray[np.float64]
 Vector = npt.NDArray[np.float64]
+Floats = npt.NDArray[np.floating[Any]]
+"""Updates as :func:`prepare_unchecked` returns them: float32 or float64."""
 
 
-def _first_bad_row(x: Matrix) -> tuple[int, str]:
+def _first_bad_row(x: Floats) -> tuple[int, str]:
     """Return the index of the first offending row of ``x`` and what is wrong with it.
 
     Only called on the error path, so the (n,)-sized temporaries do not matter.
@@ -58,35 +72,56 @@ def _first_bad_row(x: Matrix) -> tuple[int, str]:
     finite = np.isfinite(x).all(axis=1)
     if not finite.all():
         return int(np.argmin(finite)), "a NaN or infinite value"
-    big = (np.abs(x) > MAX_ABS_VALUE).any(axis=1)
+    # In float64: 2**128 overflows float32 (and no finite float32 value exceeds it).
+    big = (np.abs(x, dtype=np.float64) > MAX_ABS_VALUE).any(axis=1)
     row = int(np.argmax(big))
     return row, f"a value of magnitude {float(np.abs(x[row]).max()):.3g} > 2**128"
 
 
-def _check_values(x: Matrix, name: str) -> None:
-    """Raise PayloadError unless every value of ``x`` is finite and at most 2**128.
+def _values_error(x: Floats, name: str) -> PayloadError | None:
+    """Return the PayloadError for the first value of ``x`` that is not finite or > 2**128.
 
     ``min`` and ``max`` propagate NaN, and two reductions need no (n, d) temporary.
     """
     lo = float(x.min())
     hi = float(x.max())
     if math.isfinite(lo) and math.isfinite(hi) and max(-lo, hi) <= MAX_ABS_VALUE:
-        return
+        return None
     if x.ndim == 1:
-        raise PayloadError(f"{name} must be finite with |values| <= 2**128")
+        return PayloadError(f"{name} must be finite with |values| <= 2**128")
     row, problem = _first_bad_row(x)
-    raise PayloadError(f"{name} row {row} has {problem}")
+    return PayloadError(f"{name} row {row} has {problem}")
 
 
-def _as_float_array(value: npt.ArrayLike, name: str) -> npt.NDArray[np.float64]:
-    """Convert ``value`` to float64, refusing non-numeric, boolean and complex input."""
+def _check_values(x: Floats, name: str) -> None:
+    """Raise PayloadError unless every value of ``x`` is finite and at most 2**128."""
+    error = _values_error(x, name)
+    if error is not None:
+        raise error
+
+
+def _as_real_array(value: npt.ArrayLike, name: str) -> npt.NDArray[Any]:
+    """Return ``value`` as an array, refusing non-numeric, boolean and complex input."""
     try:
         raw = np.asarray(value)
     except (TypeError, ValueError) as exc:  # ragged nested sequences
         raise PayloadError(f"{name} is not a rectangular numeric array: {exc}") from exc
     if raw.dtype == np.bool_ or raw.dtype.kind not in "iuf":
         raise PayloadError(f"{name} must hold real numbers, got dtype {raw.dtype}")
-    return np.asarray(raw, dtype=np.float64)
+    return raw
+
+
+def _as_float_array(value: npt.ArrayLike, name: str) -> npt.NDArray[np.float64]:
+    """Convert ``value`` to float64, refusing non-numeric, boolean and complex input."""
+    return np.asarray(_as_real_array(value, name), dtype=np.float64)
+
+
+def _check_shape(x: Floats) -> None:
+    if x.ndim != 2:
+        raise PayloadError(f"updates must be a 2-D (n, d) array, got ndim={x.ndim}")
+    n, d = x.shape
+    if n < 1 or d < 1:
+        raise PayloadError(f"updates must have n >= 1 rows and d >= 1 columns, got {x.shape}")
 
 
 def as_updates(updates: npt.ArrayLike) -> Matrix:
@@ -100,13 +135,25 @@ def as_updates(updates: npt.ArrayLike) -> Matrix:
         If the input is not a non-empty 2-D real array of finite values <= 2**128.
     """
     x = _as_float_array(updates, "updates")
-    if x.ndim != 2:
-        raise PayloadError(f"updates must be a 2-D (n, d) array, got ndim={x.ndim}")
-    n, d = x.shape
-    if n < 1 or d < 1:
-        raise PayloadError(f"updates must have n >= 1 rows and d >= 1 columns, got {x.shape}")
+    _check_shape(x)
     _check_values(x, "updates")
     return x
+
+
+def check_extremes(lo: Floats, hi: Floats, x: Floats) -> None:
+    """Raise the PayloadError of :func:`as_updates` unless ``lo`` and ``hi`` are in range.
+
+    ``lo`` and ``hi`` are the minima and maxima of some columns of the updates ``x``, as
+    ``np.min`` / ``np.max`` (which propagate NaN) or the ends of a sort (which puts NaN
+    last) give them. If they are finite and at most 2**128 in magnitude, so is every
+    value of those columns; a rule that reduces every column anyway checks its input
+    this way without another pass over it. On failure the message names the first bad
+    row of the whole of ``x``, as :func:`as_updates` does.
+    """
+    top = float(np.maximum(hi.max(), -lo.min()))
+    if not top <= MAX_ABS_VALUE:  # also False for NaN
+        error = _values_error(x, "updates")
+        raise error if error is not None else PayloadError("updates must be finite")
 
 
 def as_vector(value: Any, d: int, name: str) -> Vector:
@@ -252,3 +299,44 @@ def prepare(
     f = check_byzantine(num_byzantine)
     requirement(x.shape[0], f)
     return x, as_weights(weights, x.shape[0]), f
+
+
+@contextlib.contextmanager
+def bad_values_first(x: Floats) -> Iterator[None]:
+    """Report a bad value of the unchecked updates ``x`` before an error of the block.
+
+    :func:`prepare` checks the update values before anything else; a rule that defers
+    that check to its own pass wraps its other checks in this, so that updates that are
+    both malformed and misconfigured still raise the updates' PayloadError. The values
+    are read only when the block raises.
+    """
+    try:
+        yield
+    except FedshieldError:
+        error = _values_error(x, "updates")
+        if error is not None:
+            raise error from None
+        raise
+
+
+def prepare_unchecked(
+    updates: npt.ArrayLike,
+    weights: npt.ArrayLike | None,
+    num_byzantine: Any,
+    requirement: Callable[[int, int], None],
+) -> tuple[Floats, Vector | None, int]:
+    """Like :func:`prepare`, but keep float32 updates and leave their values unchecked.
+
+    Returns the updates (float32 if they are float32, else float64 as in
+    :func:`prepare`; shape checked, values not), the normalised weights and f. The caller
+    must pass every column's extremes to :func:`check_extremes` before it uses a
+    result, and wrap any further argument checks in :func:`bad_values_first`.
+    """
+    raw = _as_real_array(updates, "updates")
+    x: Floats = raw if raw.dtype == np.float32 else np.asarray(raw, dtype=np.float64)
+    _check_shape(x)
+    with bad_values_first(x):
+        f = check_byzantine(num_byzantine)
+        requirement(x.shape[0], f)
+        w = as_weights(weights, x.shape[0])
+    return x, w, f

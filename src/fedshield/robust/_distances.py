@@ -17,6 +17,11 @@ safe:
   then broken by :func:`rank` on the updates' values, not on their position in the
   input. Rules that select are therefore invariant under a permutation of the rows.
 
+The updates may be float32: :func:`pairwise_sq_distances` and :func:`weighted_sum`
+convert one column block at a time to float64, so they return exactly what they return
+for ``x.astype(np.float64)`` without that ``(n, d)`` copy, and the column extremes that
+give the midrange also check the values (:func:`~fedshield.robust._checks.check_extremes`).
+
 Distances from every row to one point (Weiszfeld, centered clipping) are computed
 directly from differences, block by block, because they feed a division.
 """
@@ -28,7 +33,16 @@ import functools
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["distances_to", "krum_scores", "pairwise_sq_distances", "rank", "row_norms"]
+from fedshield.robust._checks import Floats, check_extremes
+
+__all__ = [
+    "distances_to",
+    "krum_scores",
+    "pairwise_sq_distances",
+    "rank",
+    "row_norms",
+    "weighted_sum",
+]
 
 Matrix = npt.NDArray[np.float64]
 Vector = npt.NDArray[np.float64]
@@ -42,19 +56,37 @@ def _step(n: int) -> int:
     return max(1, _BLOCK_ELEMENTS // max(n, 1))
 
 
-def pairwise_sq_distances(x: Matrix) -> Matrix:
+def pairwise_sq_distances(x: Floats) -> Matrix:
     """Return the (n, n) matrix of squared L2 distances between the rows of ``x``.
 
-    Computed from the Gram matrix of the midrange-centred rows (one BLAS product per
-    column block, a single product when ``n * d <= 2**20``), clamped at 0, exactly
-    symmetric, with a zero diagonal.
+    Computed from the Gram matrix of the midrange-centred rows in float64 (one BLAS
+    product per column block of ``2**20 // n`` columns, a single product when
+    ``n * d <= 2**20``), clamped at 0, exactly symmetric, with a zero diagonal. A
+    float32 ``x`` is converted block by block as it is centred, which gives the same
+    float64 values as converting it whole first.
+
+    Raises
+    ------
+    PayloadError
+        If a value of ``x`` is NaN, infinite or > 2**128 in magnitude (found from each
+        block's column extremes, which the midrange needs anyway).
     """
     n, d = x.shape
-    mu = (x.max(axis=0) + x.min(axis=0)) / 2
     gram = np.zeros((n, n))
     step = _step(n)
+    buffer = np.empty(n * min(step, d))
     for start in range(0, d, step):
-        block = x[:, start : start + step] - mu[start : start + step]
+        part = x[:, start : start + step]
+        hi = part.max(axis=0)
+        lo = part.min(axis=0)
+        check_extremes(lo, hi, x)
+        mu = (hi.astype(np.float64) + lo) / 2
+        block = buffer[: part.size].reshape(part.shape)
+        if part.dtype == np.float64:
+            np.subtract(part, mu, out=block)
+        else:  # the same values; a plain cast then an in-place subtract is faster
+            block[...] = part
+            block -= mu
         gram += block @ block.T
     sq = np.diagonal(gram)
     dist = sq[:, None] + sq[None, :] - 2.0 * gram
@@ -77,6 +109,34 @@ def distances_to(x: Matrix, point: Vector) -> Vector:
         diff = x[:, start : start + step] - point[start : start + step]
         acc += np.einsum("ij,ij->i", diff, diff)
     result: Vector = np.sqrt(acc)
+    return result
+
+
+def weighted_sum(coefficients: Vector, x: Floats) -> Vector:
+    """Return ``coefficients @ x`` in float64, shape (d,), one BLAS product per column block.
+
+    Full blocks are ``step`` columns wide, a multiple of 1024, so no kernel's vector
+    loop is cut short inside the matrix: with OpenBLAS 0.3.31 the result equals the
+    unblocked product on one thread (on several threads the unblocked ``dgemv`` splits
+    the columns at places that depend on ``d``, and its last bits change with the thread
+    count). A full block of a C-contiguous float64 ``x`` is used in place; every other
+    block (float32, strided, or the narrower last one, which numpy may hand to ``ddot``
+    with a stride) is first copied to a contiguous float64 buffer. Each product
+    therefore sees the same values and shape whether ``x`` is float32 or its float64
+    copy, and gives the same bits.
+    """
+    n, d = x.shape
+    step = max(1024, _step(n) // 1024 * 1024)
+    result = np.empty(d)
+    in_place = x.dtype == np.float64 and x.flags.c_contiguous
+    buffer = np.empty(n * min(step, d))
+    for start in range(0, d, step):
+        part = x[:, start : start + step]
+        if not (in_place and part.shape[1] == step):
+            block = buffer[: part.size].reshape(part.shape)
+            block[...] = part
+            part = block
+        np.matmul(coefficients, part, out=result[start : start + step])
     return result
 
 
@@ -105,7 +165,7 @@ def krum_scores(sq_dist: Matrix, num_byzantine: int) -> Vector:
     return scores
 
 
-def _lex_compare(a: Vector, b: Vector) -> int:
+def _lex_compare(a: Floats, b: Floats) -> int:
     differ = a != b
     first = int(np.argmax(differ))
     if not differ[first]:
@@ -113,7 +173,7 @@ def _lex_compare(a: Vector, b: Vector) -> int:
     return -1 if a[first] < b[first] else 1
 
 
-def rank(scores: Vector, x: Matrix, members: Index) -> Index:
+def rank(scores: Vector, x: Floats, members: Index) -> Index:
     """Order ``members`` (row indices of ``x``) by ascending score.
 
     ``scores[i]`` belongs to row ``members[i]``. Exactly equal scores are ordered by the

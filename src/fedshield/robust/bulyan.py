@@ -24,6 +24,10 @@ and ``2f`` more values per coordinate, so under heterogeneous (non-IID) data it 
 towards the majority's distribution.
 
 Weights: not honoured (weights must be None or all equal).
+
+Float32 updates are not copied to float64 whole: the distances convert one column block
+at a time and only the selected rows are converted, so the result is exactly that of
+the float64 copy.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from fedshield.robust._checks import need, prepare, uniform_only
+from fedshield.robust._checks import Floats, bad_values_first, need, prepare_unchecked, uniform_only
 from fedshield.robust._distances import krum_scores, pairwise_sq_distances, rank
 
 __all__ = ["BOUNDED_INFLUENCE", "NAME", "WEIGHTED", "aggregate", "requirement", "select"]
@@ -56,8 +60,11 @@ def requirement(n: int, num_byzantine: int) -> None:
     )
 
 
-def select(x: npt.NDArray[np.float64], num_byzantine: int) -> npt.NDArray[np.intp]:
-    """Return the ``n - 2f`` row indices chosen by repeated Krum, in selection order."""
+def select(x: Floats, num_byzantine: int) -> npt.NDArray[np.intp]:
+    """Return the ``n - 2f`` row indices chosen by repeated Krum, in selection order.
+
+    ``x`` (float32 or float64) may hold unchecked values: a bad one raises PayloadError.
+    """
     n = x.shape[0]
     sq_dist = pairwise_sq_distances(x)
     remaining = np.arange(n, dtype=np.intp)
@@ -122,8 +129,9 @@ def aggregate(
     ConfigError
         If ``n < 4f + 3`` or the weights are not uniform.
     """
-    x, w, f = prepare(updates, weights, num_byzantine, requirement)
-    uniform_only(w, NAME)
+    x, w, f = prepare_unchecked(updates, weights, num_byzantine, requirement)
+    with bad_values_first(x):
+        uniform_only(w, NAME)
     chosen = np.sort(select(x, f))
-    selected = x[chosen]  # a copy: sorted in place below
+    selected = x[chosen].astype(np.float64, copy=False)  # a copy: sorted in place below
     return _closest_to_median_mean(selected, len(chosen) - 2 * f)

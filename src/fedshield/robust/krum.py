@@ -19,6 +19,10 @@ centre (ALIE, "a little is enough") is chosen and steers the model; and choosing
 update throws away the variance reduction of averaging.
 
 Weights: not honoured (weights must be None or all equal): one update is returned.
+
+Float32 updates are not copied to float64 whole: the distances convert one column block
+at a time (:func:`fedshield.robust._distances.pairwise_sq_distances`) and only the chosen
+row is converted, so the result is exactly that of the float64 copy.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from fedshield.robust._checks import need, prepare, uniform_only
+from fedshield.robust._checks import Floats, bad_values_first, need, prepare_unchecked, uniform_only
 from fedshield.robust._distances import krum_scores, pairwise_sq_distances, rank
 
 __all__ = ["BOUNDED_INFLUENCE", "NAME", "WEIGHTED", "aggregate", "requirement", "select"]
@@ -51,10 +55,11 @@ def requirement(n: int, num_byzantine: int) -> None:
     )
 
 
-def select(x: npt.NDArray[np.float64], num_byzantine: int, m: int) -> npt.NDArray[np.intp]:
+def select(x: Floats, num_byzantine: int, m: int) -> npt.NDArray[np.intp]:
     """Return the row indices of the ``m`` best Krum scores, best first.
 
-    The caller has checked ``n >= 2f + 3`` and ``1 <= m <= n``.
+    The caller has checked ``n >= 2f + 3`` and ``1 <= m <= n``; ``x`` (float32 or
+    float64) may hold unchecked values: a bad one raises PayloadError here.
     """
     scores = krum_scores(pairwise_sq_distances(x), num_byzantine)
     members = np.arange(x.shape[0], dtype=np.intp)
@@ -85,8 +90,9 @@ def aggregate(
     ConfigError
         If ``n < 2f + 3`` or the weights are not uniform.
     """
-    x, w, f = prepare(updates, weights, num_byzantine, requirement)
-    uniform_only(w, NAME)
+    x, w, f = prepare_unchecked(updates, weights, num_byzantine, requirement)
+    with bad_values_first(x):
+        uniform_only(w, NAME)
     best = int(select(x, f, 1)[0])
-    result: npt.NDArray[np.float64] = x[best].copy()
+    result: npt.NDArray[np.float64] = x[best].astype(np.float64)
     return result

@@ -16,6 +16,12 @@ every coordinate by a small in-range amount (ALIE, Baruch et al. 2019) still bia
 increasingly so when honest updates disagree (non-IID data).
 
 Weights: not honoured (weights must be None or all equal).
+
+Float32 updates are sorted as float32, one column block at a time
+(:func:`fedshield.robust.trimmed_mean.sorted_columns`), and the two middle values of an
+even ``n`` are averaged in float64: the result is exactly that of the float64 copy,
+without an ``(n, d)`` float64 copy. A zero median is always +0.0 (a sort may put -0.0
+or +0.0 in the middle of a column holding both).
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from fedshield.robust._checks import need, prepare, uniform_only
+from fedshield.robust._checks import bad_values_first, need, prepare_unchecked, uniform_only
+from fedshield.robust.trimmed_mean import sorted_columns
 
 __all__ = ["BOUNDED_INFLUENCE", "NAME", "WEIGHTED", "aggregate", "requirement"]
 
@@ -71,14 +78,20 @@ def aggregate(
     ConfigError
         If ``n < 2f + 1`` or the weights are not uniform.
     """
-    x, w, _ = prepare(updates, weights, num_byzantine, requirement)
-    uniform_only(w, NAME)
-    # A full sort along axis 0 is several times faster than numpy.median's strided
-    # partition for a C-ordered (n, d) matrix, and gives the same values.
-    ordered = np.sort(x, axis=0)
-    n = x.shape[0]
-    if n % 2:
-        result: npt.NDArray[np.float64] = ordered[n // 2].copy()
-    else:
-        result = (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+    x, w, _ = prepare_unchecked(updates, weights, num_byzantine, requirement)
+    with bad_values_first(x):
+        uniform_only(w, NAME)
+    n, d = x.shape
+    half = n // 2
+    result = np.empty(d)
+    for columns, ordered in sorted_columns(x):
+        out = result[columns]
+        if n % 2:
+            out[...] = ordered[:, half]
+        else:  # in float64, as numpy.median of the float64 copy
+            np.add(ordered[:, half - 1], ordered[:, half], out=out, dtype=np.float64)
+            out /= 2
+        # -0.0 == +0.0, so which of them a sort puts in the middle depends on the sort
+        # algorithm (not the same for float32 and float64): a zero median is +0.0.
+        out += 0.0
     return result

@@ -19,6 +19,10 @@ average of the selected (the average stays inside their convex hull).
 
 Weights: honoured in the average of the selected updates (as Flower's Multi-Krum
 does), not in the scores.
+
+Float32 updates are not copied to float64 whole: the distances and the average convert
+one column block at a time (:mod:`fedshield.robust._distances`), so the result is
+exactly that of the float64 copy.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ import numpy as np
 import numpy.typing as npt
 
 from fedshield.errors import ConfigError, PayloadError
-from fedshield.robust._checks import need, prepare
+from fedshield.robust._checks import bad_values_first, need, prepare_unchecked
+from fedshield.robust._distances import weighted_sum
 from fedshield.robust.krum import select
 
 __all__ = ["BOUNDED_INFLUENCE", "NAME", "WEIGHTED", "aggregate", "requirement"]
@@ -81,19 +86,19 @@ def aggregate(
     ConfigError
         If ``n < 2f + 3`` or ``m`` is out of range.
     """
-    x, w, f = prepare(updates, weights, num_byzantine, requirement)
+    x, w, f = prepare_unchecked(updates, weights, num_byzantine, requirement)
     n = x.shape[0]
     if m is None:
         m = n - f
     if isinstance(m, bool) or not isinstance(m, numbers.Integral) or not 1 <= int(m) <= n - f:
-        raise ConfigError(
-            f"multi_krum needs an integer m with 1 <= m <= n - f = {n - f}, got m={m!r}"
-        )
+        with bad_values_first(x):
+            raise ConfigError(
+                f"multi_krum needs an integer m with 1 <= m <= n - f = {n - f}, got m={m!r}"
+            )
     chosen = select(x, f, int(m))
     coefficients = np.zeros(n)
     coefficients[chosen] = 1.0 if w is None else w[chosen]
     total = float(coefficients.sum())
     if total <= 0.0:
         raise PayloadError(f"the {m} updates multi_krum selected all have weight 0")
-    result: npt.NDArray[np.float64] = (coefficients / total) @ x
-    return result
+    return weighted_sum(coefficients / total, x)

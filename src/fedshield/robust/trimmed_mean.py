@@ -19,26 +19,53 @@ refused. Trimming many honest values costs accuracy under heterogeneous (non-IID
 and in-range attacks (ALIE) still bias each coordinate.
 
 Weights: not honoured (weights must be None or all equal).
+
+Float32 updates are sorted as float32, one column block at a time
+(:func:`sorted_columns`, shared with the median), and only the kept values are
+converted: the result is exactly that of the float64 copy (the kept values are summed in
+float64 in ascending order, as ``np.sort(x, axis=0)[k:n-k].mean(axis=0)`` does),
+without an ``(n, d)`` float64 copy.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterator
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from fedshield.errors import ConfigError
-from fedshield.robust._checks import need, prepare, uniform_only
+from fedshield.robust._checks import (
+    Floats,
+    bad_values_first,
+    check_extremes,
+    need,
+    prepare_unchecked,
+    uniform_only,
+)
 
-__all__ = ["BOUNDED_INFLUENCE", "NAME", "WEIGHTED", "aggregate", "requirement", "trim_count"]
+__all__ = [
+    "BOUNDED_INFLUENCE",
+    "NAME",
+    "WEIGHTED",
+    "aggregate",
+    "central_mean",
+    "column_blocks",
+    "requirement",
+    "sorted_columns",
+    "trim_count",
+]
 
 NAME: Final = "trimmed_mean"
 BOUNDED_INFLUENCE: Final = True
 """Each coordinate stays within the honest values' range when ``k >= f``."""
 WEIGHTED: Final = False
+
+# Values per sorted block: 1 MiB of float32 (2 MiB of float64), about one L2 cache.
+_BLOCK_VALUES = 1 << 18
 
 
 def requirement(n: int, num_byzantine: int) -> None:
@@ -103,14 +130,86 @@ def aggregate(
         If ``n < 2f + 1``, ``beta`` is out of range or trims fewer than ``f``, or the
         weights are not uniform.
     """
-    x, w, f = prepare(updates, weights, num_byzantine, requirement)
-    uniform_only(w, NAME)
-    n = x.shape[0]
-    k = trim_count(n, f, beta)
+    x, w, f = prepare_unchecked(updates, weights, num_byzantine, requirement)
+    with bad_values_first(x):
+        uniform_only(w, NAME)
+        k = trim_count(x.shape[0], f, beta)
+    return central_mean(x, k)
+
+
+def column_blocks(n: int, d: int) -> Iterator[slice]:
+    """Split ``d`` columns into slices of about ``2**18 / n`` columns.
+
+    The last slice is never a lone column: numpy sums an ``(m, 1)`` array pairwise, not
+    row after row as it does wider ones, so a lone column would be rounded differently.
+    """
+    step = max(2, _BLOCK_VALUES // n)
+    start = 0
+    while start < d:
+        stop = d if d - start <= step + 1 else start + step
+        yield slice(start, stop)
+        start = stop
+
+
+def sorted_columns(x: Floats) -> Iterator[tuple[slice, Floats]]:
+    """Yield ``(columns, ordered)`` per column block of ``x``, each column sorted.
+
+    ``ordered[j]`` is column ``columns.start + j`` of ``x`` sorted ascending, in ``x``'s
+    own dtype (a float32 value converts to float64 exactly, so the order is that of the
+    float64 copy). The block is transposed into a buffer, reused by the next block, so
+    that every column is contiguous: sorting them is several times faster than
+    ``numpy.median``'s strided partition of a C-ordered ``(n, d)`` matrix. The two ends
+    of each sorted column (a sort puts NaN last) check the values.
+
+    Raises
+    ------
+    PayloadError
+        If a value of ``x`` is NaN, infinite or > 2**128 in magnitude.
+    """
+    n, d = x.shape
+    buffer = np.empty(n * min(max(2, _BLOCK_VALUES // n) + 1, d), dtype=x.dtype)
+    for columns in column_blocks(n, d):
+        part = x[:, columns]
+        ordered = buffer[: part.size].reshape(part.shape[::-1])
+        ordered[...] = part.T
+        ordered.sort(axis=1)
+        check_extremes(ordered[:, 0], ordered[:, -1], x)
+        yield columns, ordered
+
+
+def central_mean(x: Floats, k: int) -> npt.NDArray[np.float64]:
+    """Return, per column, the float64 mean of the values left when ``k`` are cut per end.
+
+    Exactly ``np.sort(x64, axis=0)[k:n-k].mean(axis=0)`` for a C-ordered
+    ``x64 = x.astype(float64)`` (``x64.mean(axis=0)`` when ``k == 0``): the kept values
+    are summed in float64 row after row, in ascending order (in input order for
+    ``k == 0``), then divided by their number. ``x`` (float32 or float64, ``n > 2k``,
+    any layout) is never copied whole: only the kept values of one column block at a
+    time are converted.
+
+    Raises
+    ------
+    PayloadError
+        If a value of ``x`` is NaN, infinite or > 2**128 in magnitude.
+    """
+    n, d = x.shape
+    m = n - 2 * k
+    result = np.empty(d)
+    buffer = np.empty(m * min(max(2, _BLOCK_VALUES // n) + 1, d))
+
+    def mean_of_rows(rows: Floats, columns: slice) -> None:
+        kept = buffer[: rows.size].reshape(rows.shape)
+        kept[...] = rows  # C-ordered float64, so that numpy sums row after row
+        out = result[columns]
+        np.add.reduce(kept, axis=0, out=out)
+        out /= m
+
     if k == 0:
-        plain: npt.NDArray[np.float64] = x.mean(axis=0)
-        return plain
-    # A full sort along axis 0 is faster than a strided partition for C-ordered input.
-    kept = np.sort(x, axis=0)[k : n - k]
-    result: npt.NDArray[np.float64] = kept.mean(axis=0)
+        for columns in column_blocks(n, d):
+            part = x[:, columns]
+            check_extremes(part.min(axis=0), part.max(axis=0), x)
+            mean_of_rows(part, columns)
+    else:
+        for columns, ordered in sorted_columns(x):
+            mean_of_rows(ordered[:, k : n - k].T, columns)
     return result
