@@ -57,12 +57,11 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from fedshield.attacks.data_poisoning import DATA_ATTACKS, attack_success_rate, poison
 from fedshield.attacks.model_poisoning import MODEL_ATTACKS, craft
 from fedshield.config import FederationConfig, RobustRule, parse_config
-from fedshield.errors import ConfigError, FedshieldError
+from fedshield.errors import ConfigError, FedshieldError, TaskError
 from fedshield.federation.coordinator import data_spec
 from fedshield.federation.round import RoundOpened
 from fedshield.federation.simulation import SitePartsHook, TamperHook, run_simulation
@@ -70,6 +69,7 @@ from fedshield.robust import requirement
 from fedshield.storage import BlobStore, Database, ModelRegistry
 from fedshield.tensors import Weights
 from fedshield.training.datasets import ArrayDataset
+from fedshield.training.dpsgd import dataset_tensors
 from fedshield.training.tasks import (
     TaskContext,
     TaskParts,
@@ -389,18 +389,6 @@ def _with_defense(
 # -------------------------------------------------------------------------------- hooks
 
 
-def _loader_arrays(loader: DataLoader[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Return all of a loader's samples as numpy arrays, in the dataset's order."""
-    xs: list[np.ndarray] = []
-    ys: list[np.ndarray] = []
-    for x, y in DataLoader(loader.dataset, batch_size=1024, shuffle=False):
-        xs.append(x.numpy())
-        ys.append(y.numpy())
-    if not xs:
-        raise ConfigError("a malicious participant has no training data to poison")
-    return np.concatenate(xs), np.concatenate(ys)
-
-
 def _seed_of(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint32)[0])
 
@@ -418,7 +406,11 @@ def _poisoning_hook(
         if name not in malicious or parts.train_loader is None:
             return parts
         index = malicious.index(name)
-        x, y = _loader_arrays(parts.train_loader)
+        try:
+            tx, ty = dataset_tensors(parts.train_loader)
+        except TaskError as exc:
+            raise ConfigError("a malicious participant has no training data to poison") from exc
+        x, y = tx.numpy(), ty.numpy()
         poisoned = poison(
             attack,
             x=x.astype(np.float32),
