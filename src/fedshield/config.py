@@ -43,6 +43,7 @@ __all__ = [
     "DataConfig",
     "FederationConfig",
     "FederationSection",
+    "ParticipantDPConfig",
     "ParticipantsConfig",
     "PrivacyConfig",
     "RoundsConfig",
@@ -52,6 +53,7 @@ __all__ = [
     "TransportConfig",
     "load_config",
     "parse_config",
+    "participant_sampling_rate",
 ]
 
 _HOUR_S = 3600.0
@@ -324,6 +326,73 @@ class PrivacyConfig(_Section):
         return self.mode != "off"
 
 
+class ParticipantDPConfig(_Section):
+    """Participant-level DP-FedAvg: whole updates clipped, Gaussian noise on their sum.
+
+    Off unless ``noise`` names where the noise is added (see docs/privacy.md):
+    ``central`` (the coordinator clips every update and noises the sum; it sees the
+    updates, so secure aggregation must be off), ``local`` (each site clips and noises
+    its own update before it leaves, with standard deviation ``noise_multiplier * 2 *
+    clip_norm``) or ``distributed`` (discrete Gaussian shares inside secure aggregation;
+    the round does not run it yet). The round's updates are summed with equal weight and
+    divided by the number of participants (``sampling = "poisson"``: the expected
+    number). ``clipping = "adaptive"`` tracks the ``target_quantile`` of the update norms
+    (Andrew et al. 2021), starting at ``clip_norm``. ``noise_multiplier`` is calibrated
+    to ``(target_epsilon, target_delta)`` over ``rounds.count`` rounds when absent.
+    ``sampling`` is how the round selects participants: ``fixed`` (``rounds.fraction``
+    / ``per_round`` of them; replace-one neighbours, RDP only unless everyone takes
+    part) or ``poisson`` (each independently with probability ``rounds.fraction``).
+    """
+
+    noise: Literal["off", "central", "local", "distributed"] = "off"
+    clipping: Literal["fixed", "adaptive"] = "fixed"
+    clip_norm: float = 1.0
+    noise_multiplier: float | None = None
+    target_epsilon: float = 8.0
+    target_delta: float = 1e-5
+    sampling: Literal["fixed", "poisson"] = "fixed"
+    accountant: Literal["pld", "rdp"] = "pld"
+    target_quantile: float = Field(default=0.5, gt=0.0, lt=1.0)
+    clip_learning_rate: float = Field(default=0.2, gt=0.0, le=10.0)
+    clipped_count_stddev: float | None = None
+
+    @field_validator("clip_norm")
+    @classmethod
+    def _check_clip(cls, value: float) -> float:
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError("must be a finite number > 0: it bounds each update's L2 norm")
+        return value
+
+    @field_validator("noise_multiplier", "clipped_count_stddev")
+    @classmethod
+    def _check_noise(cls, value: float | None) -> float | None:
+        if value is not None and (not math.isfinite(value) or value <= 0):
+            raise ValueError(
+                "must be a finite number > 0: noise 0 is no differential privacy "
+                "(leave noise_multiplier out to calibrate it, or set noise = 'off')"
+            )
+        return value
+
+    @field_validator("target_epsilon")
+    @classmethod
+    def _check_epsilon(cls, value: float) -> float:
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError("must be a finite number > 0")
+        return value
+
+    @field_validator("target_delta")
+    @classmethod
+    def _check_delta(cls, value: float) -> float:
+        if not 0.0 < value < 1.0:
+            raise ValueError("must be in (0, 1), well below 1/participants (e.g. 1e-5)")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        """Whether participant-level DP is on."""
+        return self.noise != "off"
+
+
 class CoordinatorConfig(_Section):
     """Where the coordinator listens and under which names it is reached."""
 
@@ -356,6 +425,7 @@ class FederationConfig(_Section):
     secure_aggregation: SecureAggregationConfig = SecureAggregationConfig()
     robust: RobustConfig = RobustConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    participant_dp: ParticipantDPConfig = ParticipantDPConfig()
     coordinator: CoordinatorConfig = CoordinatorConfig()
     transport: TransportConfig = TransportConfig()
 
@@ -400,7 +470,48 @@ class FederationConfig(_Section):
             except ConfigError as exc:
                 raise ValueError(f"secure_aggregation: {exc.message}") from exc
         self._check_robust()
+        self._check_participant_dp(n)
         return self
+
+    def _check_participant_dp(self, n: int) -> None:
+        dp = self.participant_dp
+        if not dp.enabled:
+            return
+        secure = self.secure_aggregation.enabled
+        if dp.noise == "distributed":
+            raise ValueError(
+                "participant_dp.noise = 'distributed' is not wired into the round yet "
+                "(fedshield.privacy.distributed has the mechanism); use 'central' or "
+                "'local' with secure_aggregation.enabled = false"
+            )
+        if secure:
+            raise ValueError(
+                f"participant_dp.noise = {dp.noise!r} needs each clipped model delta at "
+                "the coordinator: turn secure aggregation off (secure_aggregation.enabled "
+                "= false)"
+            )
+        if self.robust.rule != "mean" or self.robust.params:
+            raise ValueError(
+                "participant-level DP sums clipped updates with equal weight: it needs "
+                f"robust.rule = 'mean' without params, not {self.robust.rule!r}"
+            )
+        if dp.noise == "local" and dp.clipping == "adaptive":
+            raise ValueError(
+                "participant_dp.clipping = 'adaptive' needs the clipped count summed with "
+                "noise by the aggregator; with local noise use clipping = 'fixed'"
+            )
+        if dp.sampling == "poisson" and self.rounds.per_round is not None:
+            raise ValueError(
+                "participant_dp.sampling = 'poisson' samples each participant with "
+                "probability rounds.fraction: remove rounds.per_round"
+            )
+        rate = participant_sampling_rate(self)
+        if dp.sampling == "fixed" and rate < 1.0 and dp.accountant != "rdp":
+            raise ValueError(
+                f"fixed-size participant sampling (rate {rate:.4g}) is accounted with "
+                "RDP only: set participant_dp.accountant = 'rdp', select everyone "
+                "(rounds.fraction = 1), or use participant_dp.sampling = 'poisson'"
+            )
 
     def _check_robust(self) -> None:
         robust = self.robust
@@ -475,6 +586,17 @@ class FederationConfig(_Section):
         data = self.model_dump()
         data["rounds"]["count"] = count
         return parse_config(data, source="--rounds")
+
+
+def participant_sampling_rate(config: FederationConfig) -> float:
+    """Each participant's chance to be in a round, as the accountant needs it."""
+    n = len(config.participants.resolved_names())
+    rounds = config.rounds
+    if config.participant_dp.sampling == "poisson":
+        return rounds.fraction
+    # As RoundPolicy.selection_size picks them when everyone is reachable.
+    wanted = rounds.per_round or math.ceil(round(rounds.fraction * n, 9))
+    return min(n, max(wanted, rounds.min_participants)) / n
 
 
 def _describe(error: dict[str, Any]) -> str:

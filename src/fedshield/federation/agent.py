@@ -345,7 +345,13 @@ def _work(
         privacy=privacy if task.kind == "fit" else None,
     )
     if task.kind == "fit":
-        outcome = trainer.fit(weights, round=task.round, attempt=task.attempt)
+        local = task.local_dp
+        outcome = trainer.fit(
+            weights,
+            round=task.round,
+            attempt=task.attempt,
+            local_dp=(local.clip_norm, local.noise_multiplier) if local is not None else None,
+        )
         meta = FitMeta(
             round=task.round,
             attempt=task.attempt,

@@ -26,7 +26,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from fedshield.config import DataConfig, FederationConfig
+from fedshield.config import DataConfig, FederationConfig, participant_sampling_rate
 from fedshield.errors import ConfigError, PayloadError
 from fedshield.federation.participant import train_config_of
 from fedshield.federation.round import (
@@ -54,6 +54,10 @@ from fedshield.federation.round import (
     RoundRetried,
     SecureProgress,
 )
+from fedshield.privacy.accounting import calibrate
+from fedshield.privacy.clipping import AdaptiveClipping
+from fedshield.privacy.dpfedavg import ParticipantDP
+from fedshield.secagg.randomness import system_random
 from fedshield.storage import (
     BlobStore,
     Database,
@@ -215,6 +219,62 @@ def round_entry(record: RoundRecord) -> dict[str, Any]:
         "finished_at": record.finished_at.isoformat() if record.finished_at else None,
         "elapsed_s": elapsed,
     }
+
+
+def participant_dp_policy(config: FederationConfig) -> ParticipantDP | None:
+    """Return the round's participant-level DP settings, calibrating ``z`` if absent.
+
+    Central noise is calibrated over ``rounds.count`` rounds at the planned sampling
+    rate; local noise protects each site's own update, which the coordinator always
+    sees, so it gets no amplification by sampling (rate 1).
+
+    Raises
+    ------
+    ConfigError
+        If the settings cannot be met (e.g. the clipped count's noise is too small).
+    """
+    dp = config.participant_dp
+    if dp.noise == "off":
+        return None
+    rate = participant_sampling_rate(config)
+    accounted_rate = 1.0 if dp.noise == "local" else rate
+    sampling = "poisson" if accounted_rate >= 1.0 else dp.sampling
+    z = dp.noise_multiplier
+    if z is None:
+        z = calibrate(
+            target_epsilon=dp.target_epsilon,
+            target_delta=dp.target_delta,
+            sampling_rate=accounted_rate,
+            rounds=config.rounds.count,
+            accountant=dp.accountant,
+            sampling=sampling,
+        )
+    adaptive = None
+    if dp.clipping == "adaptive":
+        expected = rate * len(config.participants.resolved_names())
+        adaptive = AdaptiveClipping(
+            target_quantile=dp.target_quantile,
+            clip_learning_rate=dp.clip_learning_rate,
+            count_noise_std=dp.clipped_count_stddev or expected / 20.0,
+        )
+    return ParticipantDP(
+        noise=dp.noise,
+        noise_multiplier=z,
+        clip_norm=dp.clip_norm,
+        sampling=dp.sampling,
+        sampling_rate=rate,
+        adaptive=adaptive,
+    )
+
+
+def _last_clip_norm(records: Sequence[RoundRecord]) -> float | None:
+    """Return the adaptive clip bound the last committed fit round handed on, if any."""
+    done = [r for r in records if r.kind == "fit" and r.status == "done"]
+    for record in sorted(done, key=lambda r: r.number, reverse=True):
+        value = record.metrics.get("dp_next_clip_norm")
+        if value is not None:
+            return float(value)
+    return None
 
 
 def privacy_report(records: Sequence[RoundRecord]) -> dict[str, dict[str, Any]]:
@@ -398,11 +458,14 @@ class Coordinator:
         ]
         self.machine = RoundMachine(
             federation=config.federation.name,
-            policy=RoundPolicy.from_config(
-                config.rounds,
-                secure=config.secure_aggregation.enabled,
-                secure_timeout_s=SECURE_STAGES * config.secure_aggregation.stage_timeout_s,
-                robust=config.robust,
+            policy=replace(
+                RoundPolicy.from_config(
+                    config.rounds,
+                    secure=config.secure_aggregation.enabled,
+                    secure_timeout_s=SECURE_STAGES * config.secure_aggregation.stage_timeout_s,
+                    robust=config.robust,
+                ),
+                participant_dp=participant_dp_policy(config),
             ),
             head=ModelRef(head.version, head.sha3),
             head_weights=weights,
@@ -415,6 +478,10 @@ class Coordinator:
             attempt=1 + max((r.attempt for r in earlier), default=0),
             failures=sum(r.status == "failed" for r in earlier),
             quarantined=self._quarantined_now(),
+            clip_norm=(
+                _last_clip_norm(records) if config.participant_dp.clipping == "adaptive" else None
+            ),
+            noise_rng=system_random(),
         )
         self._row_id: int | None = None
 

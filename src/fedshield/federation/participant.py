@@ -25,8 +25,10 @@ import torch
 from fedshield.config import TaskConfig
 from fedshield.errors import TaskError
 from fedshield.federation.privacy_ledger import SitePrivacy
+from fedshield.privacy.dpfedavg import local_update
 from fedshield.privacy.ledger import LedgerEntry
-from fedshield.tensors import Weights
+from fedshield.secagg.randomness import system_random
+from fedshield.tensors import Layout, Weights, flatten, unflatten
 from fedshield.training.dpsgd import DPSGDConfig, dataset_tensors, train_dp_sgd
 from fedshield.training.local import TrainConfig, evaluate, train_local
 from fedshield.training.tasks import TaskParts, load_weights, model_weights
@@ -94,8 +96,19 @@ class LocalTrainer:
         result = evaluate(self.parts.model, self.parts.test_loader)
         return result.num_examples, {"accuracy": result.accuracy, "loss": result.loss}
 
-    def fit(self, global_weights: Weights, *, round: int, attempt: int = 1) -> FitOutcome:
+    def fit(
+        self,
+        global_weights: Weights,
+        *,
+        round: int,
+        attempt: int = 1,
+        local_dp: tuple[float, float] | None = None,
+    ) -> FitOutcome:
         """Evaluate ``global_weights`` locally, train from them and return the update.
+
+        ``local_dp = (clip_norm, noise_multiplier)``: participant-level DP with local
+        noise. The update is clipped to ``clip_norm`` and noised here, with this site's
+        CSPRNG, before it is returned (:func:`fedshield.privacy.dpfedavg.local_update`).
 
         Raises
         ------
@@ -123,6 +136,17 @@ class LocalTrainer:
         update = {
             name: (local[name] - global_weights[name]).astype(np.float32) for name in global_weights
         }
+        if local_dp is not None:
+            layout = Layout.of(update)
+            clip_norm, noise_multiplier = local_dp
+            noised, _ = local_update(
+                flatten(update, layout),
+                clip_norm=clip_norm,
+                noise_multiplier=noise_multiplier,
+                rng=system_random(),
+            )
+            update = unflatten(noised.astype(np.float32), layout)
+            metrics["local_dp"] = 1.0
         if eval_examples:
             metrics["eval_accuracy"] = eval_metrics["accuracy"]
             metrics["eval_loss"] = eval_metrics["loss"]

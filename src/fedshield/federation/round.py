@@ -34,8 +34,11 @@ import numpy as np
 
 from fedshield.config import RobustConfig, RoundsConfig
 from fedshield.errors import ConfigError, PayloadError, ProtocolError
+from fedshield.privacy.dpfedavg import ParticipantDP, central_mean, sum_sensitivity
+from fedshield.privacy.noise import standard_normal
 from fedshield.robust import aggregate as robust_aggregate
 from fedshield.robust.trust import Score, TrustPolicy, TrustState, round_scores, update_trust
+from fedshield.secagg.randomness import SecureRandom
 from fedshield.tensors import Layout, Weights, flatten, unflatten, weights_sha3
 from fedshield.training.server_opt import ServerOptimizer, weighted_mean
 
@@ -97,6 +100,7 @@ class RoundPolicy:
     num_byzantine: int = 0
     robust_params: Mapping[str, float] = field(default_factory=dict)
     trust: TrustPolicy | None = None
+    participant_dp: ParticipantDP | None = None
 
     @classmethod
     def from_config(
@@ -175,6 +179,8 @@ class Assignment:
     kind: Kind
     model: ModelRef
     deadline: datetime
+    local_dp: tuple[float, float] | None = None
+    """Local participant-level DP: ``(clip_norm, noise_multiplier)`` the site applies."""
 
 
 @dataclass(frozen=True)
@@ -275,6 +281,7 @@ class _Open:
     group_means: tuple[np.ndarray, ...] = ()
     secure_failure: str | None = None
     root_update: np.ndarray | None = None
+    pool: int = 0  # participants the round was drawn from
 
 
 def _check_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -372,6 +379,8 @@ class RoundMachine:
         attempt: int = 1,
         failures: int = 0,
         quarantined: Collection[str] = (),
+        clip_norm: float | None = None,
+        noise_rng: SecureRandom | None = None,
     ) -> None:
         if completed_rounds < 0:
             raise ValueError(f"completed_rounds must be >= 0, got {completed_rounds}")
@@ -379,8 +388,15 @@ class RoundMachine:
             raise ValueError(
                 f"need attempt >= 1 and 0 <= failures < attempt, got {attempt}, {failures}"
             )
+        dp = policy.participant_dp
+        if dp is not None and dp.noise == "central" and noise_rng is None:
+            raise ValueError("central participant-level DP needs a noise_rng (a CSPRNG)")
         self.federation = federation
         self.policy = policy
+        self._noise_rng = noise_rng
+        # Participant-level DP: the bound the next round's updates are clipped to.
+        self.clip_norm = clip_norm if clip_norm is not None else (dp.clip_norm if dp else None)
+        self._pending_clip: float | None = None
         self.optimizer = optimizer
         self._rng = rng
         self._layout = Layout.of(head_weights)
@@ -511,7 +527,15 @@ class RoundMachine:
         return max(self.policy.rounds, self.completed_rounds) + 1
 
     def _open_round(self, kind: Kind, pool: list[str], now: datetime) -> RoundOpened:
-        if kind == "fit":
+        dp = self.policy.participant_dp
+        if kind == "fit" and dp is not None and dp.sampling == "poisson":
+            # Each participant independently, as the accountant assumes.
+            draws = self._rng.random(len(pool))
+            selected = tuple(
+                sorted(p for p, u in zip(pool, draws, strict=True) if u < dp.sampling_rate)
+            )
+            timeout = self.policy.fit_timeout_s
+        elif kind == "fit":
             k = self.policy.selection_size(len(pool))
             chosen = self._rng.choice(len(pool), size=k, replace=False)
             selected = tuple(sorted(pool[i] for i in chosen))
@@ -521,7 +545,7 @@ class RoundMachine:
             timeout = self.policy.evaluate_timeout_s
         deadline = now + timedelta(seconds=timeout)
         number = self._round_number(kind)
-        self._open = _Open(number, self._attempt, kind, selected, deadline)
+        self._open = _Open(number, self._attempt, kind, selected, deadline, pool=len(pool))
         self._phase = Phase.FIT if kind == "fit" else Phase.EVALUATE
         self._waiting_since = None
         return RoundOpened(number, self._attempt, kind, self._head, selected, deadline)
@@ -581,7 +605,9 @@ class RoundMachine:
                 mean_update = self._combine_secure(op)
             else:
                 # Sorted order, not arrival order: the same updates give the same model.
-                mean_update = self._combine([op.vectors[p] for p in answered], op, answered)
+                mean_update = self._combine(
+                    [op.vectors[p] for p in answered], op, answered, metrics
+                )
         except (ConfigError, PayloadError) as exc:
             reason = f"{self.policy.robust_rule} aggregation refused the round: {exc.message}"
             return [self._give_up(op.kind, reason, answered=answered, dropped=dropped)]
@@ -631,13 +657,67 @@ class RoundMachine:
         self._trust.pop(participant, None)
 
     def _combine(
-        self, vectors: list[np.ndarray], op: _Open, answered: tuple[str, ...]
+        self,
+        vectors: list[np.ndarray],
+        op: _Open,
+        answered: tuple[str, ...],
+        metrics: dict[str, float],
     ) -> np.ndarray:
         """Aggregate plain updates with the configured rule (FedAvg's weighted mean)."""
+        if self.policy.participant_dp is not None:
+            return self._combine_dp(np.stack(vectors), op, metrics)
         if self.policy.robust_rule == "mean" and not self.policy.robust_params:
             weights = np.array([op.examples[p] for p in answered], dtype=np.float64)
             return weighted_mean(vectors, weights=weights)
         return self._robust(np.stack(vectors), op, answered)
+
+    def _combine_dp(self, rows: np.ndarray, op: _Open, metrics: dict[str, float]) -> np.ndarray:
+        """Participant-level DP-FedAvg: equal weights, clipped, noised (see privacy.dpfedavg).
+
+        Records what the accountant needs in ``metrics`` (``dp_*``). With adaptive
+        clipping the next round's bound is computed *after* this round's noise, which
+        uses this round's bound.
+        """
+        dp = self.policy.participant_dp
+        assert dp is not None and self.clip_norm is not None
+        answered = rows.shape[0]
+        poisson = dp.sampling == "poisson"
+        # Poisson: divide by the expected count (a public number), not the drawn one.
+        denominator = dp.sampling_rate * op.pool if poisson else float(answered)
+        rate = dp.sampling_rate if poisson else len(op.selected) / max(op.pool, 1)
+        clip = self.clip_norm
+        metrics["dp_clip_norm"] = clip
+        metrics["dp_sampling_rate"] = rate
+        metrics["dp_participants"] = float(answered)
+        if dp.noise == "local":
+            # Each site clipped and noised its own update; clipping again here would cut
+            # the noise. The mean is the plain equal-weight mean.
+            metrics["dp_noise_multiplier"] = dp.noise_multiplier
+            metrics["dp_noise_std"] = dp.noise_multiplier * 2.0 * clip
+            metrics["dp_next_clip_norm"] = clip
+            return np.asarray(rows.sum(axis=0, dtype=np.float64) / denominator)
+        assert self._noise_rng is not None
+        result = central_mean(
+            rows,
+            clip_norm=clip,
+            noise_multiplier=dp.update_noise_multiplier,
+            sensitivity=sum_sensitivity(clip, sampling=dp.sampling, sampling_rate=rate),
+            denominator=denominator,
+            rng=self._noise_rng,
+        )
+        following = clip
+        if dp.adaptive is not None:
+            following = dp.adaptive.next_clip_norm(
+                clip,
+                within_count=result.within,
+                count_noise=float(standard_normal(self._noise_rng, 1)[0]),
+                participants=denominator,
+            )
+        metrics["dp_noise_multiplier"] = dp.noise_multiplier
+        metrics["dp_noise_std"] = result.noise_std
+        metrics["dp_next_clip_norm"] = following
+        self._pending_clip = following
+        return result.mean
 
     def _combine_secure(self, op: _Open) -> np.ndarray:
         """Return the secure sum's mean, or the robust rule over the group means."""
@@ -680,6 +760,9 @@ class RoundMachine:
             raise ProtocolError(f"nothing to commit: the phase is {self._phase}")
         self._head = ref
         self._head_vector = flatten(weights, self._layout)
+        if self._pending_clip is not None:
+            self.clip_norm = self._pending_clip
+            self._pending_clip = None
         self.completed_rounds += 1
         self._attempt = 1
         self._failures = 0
@@ -697,7 +780,14 @@ class RoundMachine:
             return None
         if now >= op.deadline:
             return None
-        return Assignment(self.federation, op.round, op.attempt, op.kind, self._head, op.deadline)
+        dp = self.policy.participant_dp
+        local = None
+        if op.kind == "fit" and dp is not None and dp.noise == "local":
+            assert self.clip_norm is not None
+            local = (self.clip_norm, dp.noise_multiplier)
+        return Assignment(
+            self.federation, op.round, op.attempt, op.kind, self._head, op.deadline, local
+        )
 
     def expects(
         self, participant: str, *, kind: Kind, round: int, attempt: int, now: datetime

@@ -22,7 +22,7 @@ from fedshield.federation.round import FederationFailed, FederationFinished
 from fedshield.federation.secure import SecureAggregation
 from fedshield.secagg import system_random
 from fedshield.tensors import encode
-from fedshield.transport.messages import TaskMessage
+from fedshield.transport.messages import LocalDP, TaskMessage
 
 __all__ = ["CoordinatorService"]
 
@@ -117,6 +117,14 @@ class CoordinatorService:
                 deadline=assignment.deadline,
                 task=self.config.task,
                 secure_aggregation=self.secure is not None and assignment.kind == "fit",
+                local_dp=(
+                    LocalDP(
+                        clip_norm=assignment.local_dp[0],
+                        noise_multiplier=assignment.local_dp[1],
+                    )
+                    if assignment.local_dp is not None
+                    else None
+                ),
             )
         secure = self.secure.task_for(name) if self.secure is not None else None
         if secure is not None:

@@ -269,7 +269,13 @@ def _play_fit(
     for name in opened.selected:
         try:
             trainer = sites.trainer(name)
-            outcomes[name] = trainer.fit(weights, round=opened.round, attempt=opened.attempt)
+            assignment = coordinator.assignment_for(name, utcnow())
+            outcomes[name] = trainer.fit(
+                weights,
+                round=opened.round,
+                attempt=opened.attempt,
+                local_dp=assignment.local_dp if assignment is not None else None,
+            )
         except ConfigError:
             raise  # the user's settings are wrong: stop and say so
         except FedshieldError as exc:

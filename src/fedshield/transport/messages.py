@@ -22,6 +22,7 @@ __all__ = [
     "ErrorBody",
     "EvaluationResult",
     "FitMeta",
+    "LocalDP",
     "SecAggRefusal",
     "TaskMessage",
 ]
@@ -37,6 +38,13 @@ _SHA3 = r"^[0-9a-f]{64}$"
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     v: Literal[1] = 1
+
+
+class LocalDP(_Message):
+    """Participant-level DP with local noise: clip to ``clip_norm``, add noise at the site."""
+
+    clip_norm: float = Field(gt=0.0, le=1e6, allow_inf_nan=False)
+    noise_multiplier: float = Field(gt=0.0, le=1e6, allow_inf_nan=False)
 
 
 class TaskMessage(_Message):
@@ -58,6 +66,7 @@ class TaskMessage(_Message):
     task: TaskConfig | None = None
     reason: str | None = None
     secure_aggregation: bool = False
+    local_dp: LocalDP | None = None
     stage: SecAggStage | None = None
     secagg: dict[str, Any] | None = None
 

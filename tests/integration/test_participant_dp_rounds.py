@@ -1,0 +1,169 @@
+"""Participant-level DP-FedAvg through the round machine, and in a simulated federation.
+
+All-zero updates make the committed model's change pure noise: its standard deviation
+must be the configured ``z * C / n`` (central), round after round with adaptive clipping
+(each round with the bound its updates were clipped to), and ``2 z C / sqrt(n)`` (local).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedshield.config import parse_config
+from fedshield.errors import ConfigError
+from fedshield.federation.coordinator import participant_dp_policy
+from fedshield.federation.round import CommitRequest, ModelRef, RoundMachine, RoundPolicy
+from fedshield.federation.simulation import run_simulation
+from fedshield.privacy import epsilon
+from fedshield.privacy.clipping import AdaptiveClipping, update_noise_multiplier
+from fedshield.privacy.dpfedavg import ParticipantDP, local_update
+from fedshield.secagg.randomness import deterministic_random
+from fedshield.tensors import Layout, unflatten, weights_sha3
+from fedshield.training.server_opt import FedAvg
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+D = 30_000
+HEAD = {"w": np.zeros(D, dtype=np.float32)}
+NAMES = [f"p{i:02d}" for i in range(10)]
+
+
+def _machine(dp: ParticipantDP) -> RoundMachine:
+    return RoundMachine(
+        federation="dp",
+        policy=RoundPolicy(rounds=5, min_participants=2, participant_dp=dp),
+        head=ModelRef(0, weights_sha3(HEAD)),
+        head_weights=HEAD,
+        completed_rounds=0,
+        optimizer=FedAvg(learning_rate=1.0),
+        rng=np.random.default_rng(0),
+        noise_rng=deterministic_random(b"round-noise"),
+    )
+
+
+def _round(m: RoundMachine, version: int, *, local_seed: bytes | None = None) -> CommitRequest:
+    opened = m.tick(T0, NAMES)[0]
+    rng = deterministic_random(local_seed or b"unused")
+    for name in opened.selected:  # type: ignore[attr-defined]
+        update = {"w": np.zeros(D, dtype=np.float32)}
+        assignment = m.assignment_for(name, T0)
+        assert assignment is not None
+        if assignment.local_dp is not None:
+            clip, z = assignment.local_dp
+            noised, _ = local_update(np.zeros(D), clip_norm=clip, noise_multiplier=z, rng=rng)
+            update = unflatten(noised.astype(np.float32), Layout.of(HEAD))
+        m.submit_fit(
+            name,
+            round=opened.round,  # type: ignore[attr-defined]
+            attempt=opened.attempt,  # type: ignore[attr-defined]
+            model_sha3=m.head.sha3,
+            num_examples=100 + len(name),  # unequal counts must not weigh
+            update=update,
+            metrics={},
+            now=T0,
+        )
+    events = m.tick(T0 + timedelta(seconds=1), NAMES)
+    request = events[0]
+    assert isinstance(request, CommitRequest), events
+    m.committed(ModelRef(version, request.sha3), request.weights)
+    return request
+
+
+def _close(measured: float, expected: float) -> None:
+    assert abs(measured / expected - 1.0) < 0.05, (measured, expected)
+
+
+def test_central_fixed_noise_in_the_model_is_z_c_over_n() -> None:
+    z, c = 1.1, 0.5
+    m = _machine(ParticipantDP("central", z, c, "fixed", 1.0))
+    previous = np.zeros(D)
+    for version in (1, 2):
+        request = _round(m, version)
+        model = request.weights["w"].astype(np.float64)
+        _close(float(np.std(model - previous)), z * c / len(NAMES))
+        assert request.metrics["dp_clip_norm"] == c
+        assert request.metrics["dp_noise_std"] == pytest.approx(z * c)
+        previous = model
+
+
+def test_adaptive_rounds_noise_with_the_bound_they_clipped_to() -> None:
+    z, c = 1.0, 2.0
+    adaptive = AdaptiveClipping(count_noise_std=5.0)
+    m = _machine(ParticipantDP("central", z, c, "fixed", 1.0, adaptive))
+    z_update = update_noise_multiplier(z, count_noise_std=5.0)
+    previous = np.zeros(D)
+    bounds = []
+    for version in (1, 2, 3):
+        bound = m.clip_norm
+        assert bound is not None
+        request = _round(m, version)
+        model = request.weights["w"].astype(np.float64)
+        assert request.metrics["dp_clip_norm"] == bound
+        _close(float(np.std(model - previous)), z_update * bound / len(NAMES))
+        bounds.append(bound)
+        previous = model
+    # Zero updates are all within the bound: it shrinks round after round.
+    assert bounds[0] > bounds[1] > bounds[2]
+
+
+def test_local_noise_in_the_model_is_2zc_over_sqrt_n() -> None:
+    z, c = 0.9, 0.3
+    m = _machine(ParticipantDP("local", z, c, "fixed", 1.0))
+    request = _round(m, 1, local_seed=b"sites")
+    model = request.weights["w"].astype(np.float64)
+    _close(float(np.std(model)), 2 * z * c / math.sqrt(len(NAMES)))
+
+
+def test_poisson_selection_divides_by_the_expected_count() -> None:
+    z, c, q = 1.0, 1.0, 0.5
+    m = _machine(ParticipantDP("central", z, c, "poisson", q))
+    request = _round(m, 1)
+    _close(float(np.std(request.weights["w"])), z * c / (q * len(NAMES)))
+    assert request.metrics["dp_sampling_rate"] == q
+
+
+def _sim_config(**dp: object) -> dict[str, object]:
+    return {
+        "federation": {"name": "pdp", "seed": 5},
+        "task": {"name": "digits", "local_epochs": 1, "learning_rate": 0.1},
+        "data": {"dataset": "digits", "partition": "iid"},
+        "participants": {"count": 4},
+        "rounds": {"count": 3, "min_participants": 2, "max_retries": 0},
+        "secure_aggregation": {"enabled": False},
+        "privacy": {"mode": "off"},
+        "participant_dp": dp,
+    }
+
+
+@pytest.mark.parametrize(
+    "dp",
+    [
+        {"noise": "central", "clipping": "adaptive", "target_epsilon": 4.0, "clip_norm": 0.5},
+        {"noise": "local", "noise_multiplier": 0.05, "clip_norm": 2.0},
+    ],
+    ids=["central-adaptive", "local"],
+)
+def test_simulation_trains_with_participant_dp(tmp_path: Path, dp: dict[str, object]) -> None:
+    if dp.get("clipping") == "adaptive":
+        dp["clipped_count_stddev"] = 2.0
+    config = parse_config(_sim_config(**dp), source="test")
+    policy = participant_dp_policy(config)
+    assert policy is not None
+    if "target_epsilon" in dp:  # calibrated to spend the budget over the planned rounds
+        z = policy.noise_multiplier
+        spent = epsilon(noise_multiplier=z, sampling_rate=1.0, rounds=3, delta=1e-5)
+        assert spent == pytest.approx(4.0, rel=0.01)
+    result = run_simulation(config, workdir=tmp_path / "work", base_dir=tmp_path)
+    assert result.rounds_completed == 3
+    assert result.final_accuracy is not None and 0.0 <= result.final_accuracy <= 1.0
+
+
+def test_config_rejects_impossible_participant_dp() -> None:
+    base = _sim_config(noise="central", clipping="adaptive", noise_multiplier=3.0)
+    config = parse_config(base, source="test")
+    with pytest.raises(ConfigError, match="clipped_count_stddev"):
+        participant_dp_policy(config)  # 4 sites / 20 = 0.2 count noise: z=3 cannot split
