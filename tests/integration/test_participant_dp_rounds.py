@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -23,8 +24,12 @@ from fedshield.privacy import epsilon
 from fedshield.privacy.clipping import AdaptiveClipping, update_noise_multiplier
 from fedshield.privacy.dpfedavg import ParticipantDP, local_update
 from fedshield.secagg.randomness import deterministic_random
+from fedshield.storage import BlobStore, Database, ModelRegistry
 from fedshield.tensors import Layout, unflatten, weights_sha3
 from fedshield.training.server_opt import FedAvg
+
+if TYPE_CHECKING:
+    from conftest import FederationFactory
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 D = 30_000
@@ -167,3 +172,42 @@ def test_config_rejects_impossible_participant_dp() -> None:
     config = parse_config(base, source="test")
     with pytest.raises(ConfigError, match="clipped_count_stddev"):
         participant_dp_policy(config)  # 4 sites / 20 = 0.2 count noise: z=3 cannot split
+
+
+@pytest.mark.slow
+def test_local_noise_over_tls_is_added_by_the_sites(
+    federation_factory: FederationFactory,
+) -> None:
+    """Real processes: each site clips and noises its own update from the task's settings.
+
+    The noise is far larger than any digits update, so the first model's change is the
+    sites' noise: standard deviation ``2 z C / sqrt(n)`` within 5%.
+    """
+    z, c = 20.0, 1.0
+    federation = federation_factory(
+        {
+            "rounds": {"count": 1, "final_evaluation": False},
+            "participant_dp": {"noise": "local", "noise_multiplier": z, "clip_norm": c},
+        }
+    )
+    federation.start_coordinator()
+    federation.start_participants()
+    codes = federation.wait_exit(federation.participants, timeout_s=150)
+    assert codes == dict.fromkeys(federation.names, 0), federation.describe()
+    fits = [r for r in federation.round_log() if r.kind == "fit"]
+    assert [r.status for r in fits][-1] == "committed", [(r.status, r.reason) for r in fits]
+    fit = fits[-1]
+    n = len(fit.answered)
+    assert n == len(federation.names)
+    assert fit.metrics["local_dp"] == 1.0  # every site reported it noised its update
+    assert fit.metrics["dp_noise_std"] == pytest.approx(2 * z * c)
+    db = Database.for_workdir(federation.workdir)
+    try:
+        registry = ModelRegistry(db, BlobStore(federation.workdir / "models"))
+        before, after = registry.load(0), registry.load(1)
+    finally:
+        db.close()
+    change = np.concatenate(
+        [(after[k].astype(np.float64) - before[k]).ravel() for k in sorted(after)]
+    )
+    _close(float(np.std(change)), 2 * z * c / math.sqrt(n))
