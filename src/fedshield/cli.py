@@ -895,7 +895,7 @@ def models_rollback(
 # -- privacy --------------------------------------------------------------------------------
 
 privacy_app = typer.Typer(
-    help="Differential privacy: calibrate noise to a budget (dp-accounting).",
+    help="Differential privacy: calibrate noise to a budget, report what was spent.",
     no_args_is_help=True,
 )
 app.add_typer(privacy_app, name="privacy")
@@ -991,6 +991,67 @@ def privacy_calibrate(
         f"({'2 x clip_norm, replace-one' if sampling == 'fixed' else 'clip_norm, add/remove-one'})"
         "[/]"
     )
+
+
+@privacy_app.command("report")
+def privacy_report(
+    workdir: WorkdirOpt = Path("fedshield-coordinator"),
+    json_path: JsonOpt = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot", help="Where to write the PNG plot (default: WORKDIR/privacy-report.png)."
+        ),
+    ] = None,
+) -> None:
+    """Show the epsilon each participant spent after every round, as a table and a plot.
+
+    Sample-level DP as each site reported it (recomputed from its ledger where the
+    ledger is in WORKDIR/privacy/), participant-level DP recomputed from the privacy
+    events in the database.
+    """
+    from fedshield.federation.privacy_report import (
+        DEFAULT_PLOT,
+        load_report,
+        plot_report,
+        table,
+    )
+
+    console = _console(json_path)
+    if not console.is_terminal:
+        # Piped or redirected: never truncate a column to an assumed 80-character terminal.
+        console = Console(stderr=console.stderr, highlight=False, width=10_000)
+    report = load_report(workdir)
+    plot_path = plot if plot is not None else workdir / DEFAULT_PLOT
+    plot_report(report, plot_path)
+    header, rows, footer = table(report)
+    view = Table(title="epsilon spent after each round")
+    for index, name in enumerate(header):
+        view.add_column(escape(name), justify="left" if index == 0 else "right")
+    for row in rows:
+        view.add_row(*row)
+    view.add_section()
+    for row in footer:  # the budget and delta rows
+        view.add_row(*(f"[dim]{cell}[/]" for cell in row))
+    console.print(f"[bold]fedshield privacy report[/]: {escape(str(workdir))}", soft_wrap=True)
+    console.print(view)
+    console.print("[dim]— spent nothing that round[/]")
+    if any(cell.endswith("*") for row in rows for cell in row):
+        console.print(
+            "[dim]* from the site's ledger only: spent in an attempt that did not count[/]"
+        )
+    for note in report.notes:
+        console.print(f"[bold yellow]note[/]: {escape(note)}", soft_wrap=True)
+    console.print(f"plot written to {escape(str(plot_path))}", soft_wrap=True)
+    if json_path is not None:
+        summary = {**report.to_json(), "plot": str(plot_path)}
+        try:
+            _emit_json(json_path, summary)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the JSON report {json_path}: {exc.strerror or exc}",
+                hint="Pass --json a path in a writable directory, or '-' for stdout.",
+            ) from exc
 
 
 # -- entry point ----------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Persistence: the database, the model blob store, the model registry and records.
 
 One :class:`Database` (SQLite in the workdir by default, or any SQLAlchemy URL such as
-PostgreSQL) holds participants, round attempts, model versions, head moves and a plain
-event journal. Model weights live beside it in a content-addressed :class:`BlobStore`
-of safetensors files named by their canonical SHA3-256 hash, verified on every read.
+PostgreSQL) holds participants, round attempts, model versions, head moves, a plain
+event journal and the privacy events that epsilon is recomputed from
+(:class:`PrivacyEvents`). Model weights live beside it in a content-addressed
+:class:`BlobStore` of safetensors files named by their canonical SHA3-256 hash,
+verified on every read.
 
 Typical use::
 
@@ -26,8 +28,10 @@ from fedshield.storage.db import (
     HeadRow,
     ModelVersionRow,
     ParticipantRow,
+    PrivacyEventRow,
     RoundRow,
 )
+from fedshield.storage.privacy import PrivacyEventRecord, PrivacyEvents
 from fedshield.storage.records import (
     EventLog,
     EventRecord,
@@ -52,6 +56,9 @@ __all__ = [
     "ParticipantRecord",
     "ParticipantRow",
     "Participants",
+    "PrivacyEventRecord",
+    "PrivacyEventRow",
+    "PrivacyEvents",
     "RoundLog",
     "RoundRecord",
     "RoundRow",

@@ -35,6 +35,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Engine,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -57,6 +58,7 @@ __all__ = [
     "HeadRow",
     "ModelVersionRow",
     "ParticipantRow",
+    "PrivacyEventRow",
     "RoundRow",
     "UTCDateTime",
     "check_metrics",
@@ -256,6 +258,39 @@ class EventRow(Base):
     resource: Mapped[str] = mapped_column(String(512))
     outcome: Mapped[str] = mapped_column(String(64))
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class PrivacyEventRow(Base):
+    """One privacy event: a DP mechanism run in one round attempt, as the accountant sees it.
+
+    Epsilon is not stored (only what a site reported, for comparison): it is recomputed
+    from these rows (see :mod:`fedshield.storage.privacy`). One row per scope, round and
+    attempt.
+    """
+
+    __tablename__ = "privacy_events"
+    __table_args__ = (
+        Index("ix_privacy_events_attempt", "scope", "round", "attempt", unique=True),
+        Index("ix_privacy_events_round", "round"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version: Mapped[int] = mapped_column(Integer)
+    round: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
+    scope: Mapped[str] = mapped_column(String(256))
+    mechanism: Mapped[str] = mapped_column(String(64))
+    noise_multiplier: Mapped[float] = mapped_column(Float)
+    sampling_rate: Mapped[float] = mapped_column(Float)
+    sampling: Mapped[str] = mapped_column(String(16))
+    steps: Mapped[int] = mapped_column(Integer)
+    clip_norm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    participants: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    delta: Mapped[float] = mapped_column(Float)
+    accountant: Mapped[str] = mapped_column(String(16))
+    target_epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    epsilon_reported: Mapped[float | None] = mapped_column(Float, nullable=True)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 def _install_sqlite_hooks(engine: Engine) -> None:
