@@ -23,6 +23,7 @@ from fedshield.privacy.distributed import (
     hadamard,
 )
 from fedshield.privacy.dpfedavg import central_mean, local_update, round_event, sum_sensitivity
+from fedshield.secagg.driver import SecAggConfig, run_in_memory
 from fedshield.secagg.randomness import deterministic_random
 
 D = 20_000
@@ -248,3 +249,28 @@ def test_discrete_gaussian_pmf_at_small_sigma() -> None:
     expected = weights / weights.sum()
     observed = np.array([(draws == k).mean() for k in support])
     np.testing.assert_allclose(observed, expected, atol=0.003)
+
+
+@pytest.mark.parametrize("drop", [set(), {1, 4}])
+def test_distributed_noise_through_secagg_matches_z_c_over_n(drop: set[int]) -> None:
+    """The real SecAgg+ protocol in memory sums the signed integers exactly (mod 2**64)."""
+    n, z, c, dim = 8, 1.5, 0.4, 4096
+    encoding = DistributedEncoding(
+        clip_norm=c,
+        noise_multiplier=z,
+        sensitivity_factor=1.0,
+        participants=n,
+        rotation=Rotation(seed=b"\x05" * 32, dim=dim),
+    )
+    rng = deterministic_random(b"secagg-dp")
+    rows = np.stack([encoding.encode(np.zeros(dim), rng=rng)[0] for _ in range(n)])
+    params = SecAggConfig(federation="dp", round=1, clip_range=1.0, ring_bits=64)
+    result = run_in_memory(rows, params, integers=True, drop={"masked": drop}, seed=7)
+    m = len(result.survivors)
+    assert m == n - len(drop)
+    assert result.signed_sum is not None
+    survivors = [int(s[1:]) for s in result.survivors]
+    np.testing.assert_array_equal(result.signed_sum, rows[survivors].sum(axis=0))
+    mean = encoding.decode(result.signed_sum, denominator=m)
+    effective = encoding.effective_noise_multiplier(m)
+    _close(float(mean.std()), effective * c / m)

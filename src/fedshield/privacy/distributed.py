@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -253,15 +255,72 @@ class DistributedEncoding:
         integers += discrete_gaussian(rng, integers.size, sigma=self.site_std)
         return integers, inside
 
+    def public(self) -> dict[str, Any]:
+        """Return the settings every participant needs, as JSON-ready values."""
+        return {
+            "clip_norm": self.clip_norm,
+            "noise_multiplier": self.noise_multiplier,
+            "sensitivity_factor": self.sensitivity_factor,
+            "participants": self.participants,
+            "seed": self.rotation.seed.hex(),
+            "dim": self.rotation.dim,
+        }
+
+    @classmethod
+    def from_public(cls, data: object) -> DistributedEncoding:
+        """Rebuild the settings a coordinator sent; :class:`PayloadError` if malformed."""
+        if not isinstance(data, Mapping):
+            raise PayloadError("the distributed DP settings must be a JSON object")
+        try:
+            return cls(
+                clip_norm=float(data["clip_norm"]),
+                noise_multiplier=float(data["noise_multiplier"]),
+                sensitivity_factor=float(data["sensitivity_factor"]),
+                participants=int(data["participants"]),
+                rotation=Rotation(seed=bytes.fromhex(str(data["seed"])), dim=int(data["dim"])),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PayloadError(f"malformed distributed DP settings: {exc}") from exc
+        except ConfigError as exc:
+            raise PayloadError(f"unusable distributed DP settings: {exc.message}") from exc
+
+    def norm_bound(self, survivors: int) -> float:
+        """Return the largest L2 norm an honest sum of ``survivors`` inputs reaches (units).
+
+        Each input is at most ``C`` plus the rounding slack; the noise's norm
+        concentrates at ``std * sqrt(D)``, and exceeds twice that with probability far
+        below ``1e-100`` for ``D >= 64`` (chi-square tail).
+        """
+        padded = self.rotation.padded
+        inputs = survivors * (self.clip_norm + math.sqrt(padded) / self.scale)
+        noise = 2.0 * self.noise_multiplier * self.sensitivity * math.sqrt(max(padded, 64))
+        return inputs + noise
+
     def decode(self, total: npt.ArrayLike, *, denominator: float) -> npt.NDArray[np.float64]:
-        """Turn the survivors' exact signed sum ``(padded,)`` into the noised mean ``(dim,)``."""
+        """Turn the survivors' exact signed sum ``(padded,)`` into the noised mean ``(dim,)``.
+
+        Raises
+        ------
+        PayloadError
+            If the sum has the wrong shape or dtype, or a norm no honest sum of
+            ``denominator`` inputs can have (a participant masked an oversized input).
+        """
         vector = np.asarray(total)
         if vector.shape != (self.rotation.padded,) or vector.dtype != np.int64:
             raise PayloadError(
                 f"the distributed sum must be int64 of shape ({self.rotation.padded},), "
                 f"got {vector.dtype} {vector.shape}"
             )
-        mean = self.rotation.inverse(vector.astype(np.float64) / self.scale)
+        units = vector.astype(np.float64) / self.scale
+        norm = float(np.linalg.norm(units))
+        bound = self.norm_bound(int(denominator))
+        if not norm <= bound:
+            raise PayloadError(
+                f"the distributed sum has norm {norm:.6g}, above the {bound:.6g} that "
+                f"{int(denominator)} clipped, noised inputs can reach: a participant masked "
+                "an oversized input; the sum is not used"
+            )
+        mean = self.rotation.inverse(units)
         mean /= float(denominator)
         return mean
 

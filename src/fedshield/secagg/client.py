@@ -315,7 +315,12 @@ class SecAggClient:
     # -- stage 2 -> 3 -------------------------------------------------------------------
 
     def on_shares(
-        self, shares: Sequence[EncryptedShare], *, x: npt.ArrayLike, weight: int
+        self,
+        shares: Sequence[EncryptedShare],
+        *,
+        x: npt.ArrayLike | None,
+        weight: int,
+        integers: npt.NDArray[np.int64] | None = None,
     ) -> MaskedInput:
         """Decrypt the shares addressed to this client and send the masked input.
 
@@ -328,6 +333,11 @@ class SecAggClient:
             ``[-clip_range, clip_range]`` and stochastically quantized.
         weight : int
             Its integer weight, ``1 <= weight <= setup.max_weight``.
+        integers : numpy.ndarray, optional
+            Instead of ``x``: an already encoded signed ``int64`` vector of shape
+            ``(setup.dim,)`` (distributed DP, :mod:`fedshield.privacy.distributed`),
+            summed exactly in a 64-bit ring (two's complement). ``x`` must then be
+            ``None`` and ``weight`` 1.
 
         Returns
         -------
@@ -347,11 +357,21 @@ class SecAggClient:
         self._expect(Stage.SHARES, EncryptedShare, *shares)
         state = self._state()
         setup = state.setup
-        values = np.asarray(x, dtype=np.float64)
-        if values.shape != (setup.dim,) or not np.isfinite(values).all():
-            raise PayloadError(
-                f"x must be a finite vector of shape ({setup.dim},), got shape {values.shape}"
-            )
+        values = np.zeros(0)
+        if integers is not None:
+            if x is not None or weight != 1 or setup.ring_bits != 64:
+                raise PayloadError("integer inputs need x=None, weight 1 and a 64-bit ring")
+            if integers.dtype != np.int64 or integers.shape != (setup.dim,):
+                raise PayloadError(
+                    f"integers must be int64 of shape ({setup.dim},), got "
+                    f"{integers.dtype} {integers.shape}"
+                )
+        else:
+            values = np.asarray(x, dtype=np.float64)
+            if values.shape != (setup.dim,) or not np.isfinite(values).all():
+                raise PayloadError(
+                    f"x must be a finite vector of shape ({setup.dim},), got shape {values.shape}"
+                )
         if isinstance(weight, bool) or not isinstance(weight, int | np.integer):
             raise PayloadError(f"weight must be an int, got {type(weight).__name__}")
         weight = int(weight)
@@ -377,7 +397,13 @@ class SecAggClient:
             received[sender] = opened
         self._need(len(received), "neighbours' shares")
 
-        y = state.quantizer.encode(values, weight, rng=self._rng)
+        if integers is not None:
+            # Two's complement: the ring sum read as int64 is the exact signed sum.
+            y = np.empty(setup.dim + 1, dtype=np.uint64)
+            y[:-1] = integers.view(np.uint64)
+            y[-1] = 1
+        else:
+            y = state.quantizer.encode(values, weight, rng=self._rng)
         # y += self mask + sum of sign(i, j) * pair mask, streamed into y in place.
         mask_input(
             y,

@@ -146,6 +146,8 @@ class InMemoryResult:
     survivors: tuple[str, ...]
     transcript: list[ServerMessage]
     setup: Setup
+    signed_sum: npt.NDArray[np.int64] | None = None
+    """With integer inputs: the survivors' exact signed sum (``aggregate`` is then empty)."""
 
 
 def run_in_memory(
@@ -155,8 +157,13 @@ def run_in_memory(
     weights: Sequence[int] | None = None,
     drop: Mapping[str, set[int]] | None = None,
     seed: bytes | int | None = None,
+    integers: bool = False,
 ) -> InMemoryResult:
     """Securely aggregate ``n`` float updates in one simulated SecAgg+ round.
+
+    With ``integers=True`` the rows are signed ``int64`` vectors (distributed DP),
+    summed exactly in the 64-bit ring with weight 1 each; the result's
+    :attr:`InMemoryResult.signed_sum` holds the sum.
 
     Parameters
     ----------
@@ -190,10 +197,10 @@ def run_in_memory(
     PayloadError
         If ``updates`` is not a finite ``n x d`` array or a weight is out of range.
     """
-    matrix = np.asarray(updates, dtype=np.float64)
+    matrix = np.asarray(updates, dtype=np.int64 if integers else np.float64)
     if matrix.ndim != 2 or matrix.shape[0] < 2 or matrix.shape[1] < 1:
         raise PayloadError(f"updates must be n x d with n >= 2 and d >= 1, got {matrix.shape}")
-    if not np.isfinite(matrix).all():
+    if not integers and not np.isfinite(matrix).all():
         raise PayloadError("updates have NaN or infinite values")
     n, dim = matrix.shape
     weight_list = _weights(weights, n=n, max_weight=config.max_weight)
@@ -250,8 +257,12 @@ def run_in_memory(
     stage(
         "masked",
         list(ciphertexts),
-        lambda i: clients[i].on_shares(
-            ciphertexts[i], x=matrix[index[i]], weight=weight_list[index[i]]
+        lambda i: (
+            clients[i].on_shares(ciphertexts[i], x=None, weight=1, integers=matrix[index[i]])
+            if integers
+            else clients[i].on_shares(
+                ciphertexts[i], x=matrix[index[i]], weight=weight_list[index[i]]
+            )
         ),
         _to(server.receive_masked),
     )
@@ -270,6 +281,15 @@ def run_in_memory(
         _to(server.receive_unmask),
     )
     ring_sum, total_weight, survivors = server.finish()
+    if integers:
+        signed = np.asarray(ring_sum[:-1], dtype=np.uint64).view(np.int64).copy()
+        return InMemoryResult(
+            aggregate=np.zeros(0),
+            survivors=survivors,
+            transcript=transcript,
+            setup=setup,
+            signed_sum=signed,
+        )
     aggregate, _ = quantizer.decode(ring_sum, total_weight)
     return InMemoryResult(
         aggregate=aggregate, survivors=survivors, transcript=transcript, setup=setup
