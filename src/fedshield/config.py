@@ -333,8 +333,9 @@ class ParticipantDPConfig(_Section):
     ``central`` (the coordinator clips every update and noises the sum; it sees the
     updates, so secure aggregation must be off), ``local`` (each site clips and noises
     its own update before it leaves, with standard deviation ``noise_multiplier * 2 *
-    clip_norm``) or ``distributed`` (discrete Gaussian shares inside secure aggregation;
-    the round does not run it yet). The round's updates are summed with equal weight and
+    clip_norm``) or ``distributed`` (each site adds ``1/n`` of the noise variance as
+    discrete Gaussian integers inside secure aggregation, which needs ``ring_bits = 64``
+    and no groups). The round's updates are summed with equal weight and
     divided by the number of participants (``sampling = "poisson"``: the expected
     number). ``clipping = "adaptive"`` tracks the ``target_quantile`` of the update norms
     (Andrew et al. 2021), starting at ``clip_norm``. ``noise_multiplier`` is calibrated
@@ -479,12 +480,30 @@ class FederationConfig(_Section):
             return
         secure = self.secure_aggregation.enabled
         if dp.noise == "distributed":
-            raise ValueError(
-                "participant_dp.noise = 'distributed' is not wired into the round yet "
-                "(fedshield.privacy.distributed has the mechanism); use 'central' or "
-                "'local' with secure_aggregation.enabled = false"
-            )
-        if secure:
+            table = self.secure_aggregation
+            if not secure:
+                raise ValueError(
+                    "participant_dp.noise = 'distributed' adds the noise inside secure "
+                    "aggregation: turn secure_aggregation on (or use 'central' / 'local')"
+                )
+            if table.ring_bits != 64:
+                raise ValueError(
+                    "participant_dp.noise = 'distributed' sums signed 64-bit integers: "
+                    "set secure_aggregation.ring_bits = 64"
+                )
+            if table.min_group_size is not None:
+                raise ValueError(
+                    "participant_dp.noise = 'distributed' splits the noise over the whole "
+                    "round: remove secure_aggregation.min_group_size (a group's sum would "
+                    "carry only its share of the noise)"
+                )
+            if dp.clipping == "adaptive":
+                raise ValueError(
+                    "participant_dp.clipping = 'adaptive' with distributed noise is not "
+                    "built (the clipped count would need its own share inside SecAgg); "
+                    "use clipping = 'fixed'"
+                )
+        elif secure:
             raise ValueError(
                 f"participant_dp.noise = {dp.noise!r} needs each clipped model delta at "
                 "the coordinator: turn secure aggregation off (secure_aggregation.enabled "

@@ -10,21 +10,28 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedshield.config import parse_config
-from fedshield.errors import ConfigError
+from fedshield.errors import ConfigError, ProtocolError
+from fedshield.federation.agent import load_participant_file
 from fedshield.federation.coordinator import participant_dp_policy
+from fedshield.federation.kits import provision_federation
 from fedshield.federation.round import CommitRequest, ModelRef, RoundMachine, RoundPolicy
+from fedshield.federation.secure_agent import SecureSession
 from fedshield.federation.simulation import run_simulation
 from fedshield.privacy import epsilon
 from fedshield.privacy.clipping import AdaptiveClipping, update_noise_multiplier
+from fedshield.privacy.distributed import DistributedEncoding, Rotation
 from fedshield.privacy.dpfedavg import ParticipantDP, local_update
 from fedshield.secagg.randomness import deterministic_random
-from fedshield.storage import BlobStore, Database, ModelRegistry
+from fedshield.storage import BlobStore, Database, ModelRegistry, RoundLog
+from fedshield.storage.privacy import PARTICIPANTS, PrivacyEvents
 from fedshield.tensors import Layout, unflatten, weights_sha3
 from fedshield.training.server_opt import FedAvg
 
@@ -148,7 +155,7 @@ def _sim_config(**dp: object) -> dict[str, object]:
     "dp",
     [
         {"noise": "central", "clipping": "adaptive", "target_epsilon": 4.0, "clip_norm": 0.5},
-        {"noise": "local", "noise_multiplier": 0.05, "clip_norm": 2.0},
+        {"noise": "local", "target_epsilon": 50.0, "clip_norm": 2.0},
     ],
     ids=["central-adaptive", "local"],
 )
@@ -158,7 +165,7 @@ def test_simulation_trains_with_participant_dp(tmp_path: Path, dp: dict[str, obj
     config = parse_config(_sim_config(**dp), source="test")
     policy = participant_dp_policy(config)
     assert policy is not None
-    if "target_epsilon" in dp:  # calibrated to spend the budget over the planned rounds
+    if dp["noise"] == "central":  # calibrated to spend the budget over the planned rounds
         z = policy.noise_multiplier
         spent = epsilon(noise_multiplier=z, sampling_rate=1.0, rounds=3, delta=1e-5)
         assert spent == pytest.approx(4.0, rel=0.01)
@@ -211,3 +218,133 @@ def test_local_noise_over_tls_is_added_by_the_sites(
         [(after[k].astype(np.float64) - before[k]).ravel() for k in sorted(after)]
     )
     _close(float(np.std(change)), 2 * z * c / math.sqrt(n))
+
+
+def test_simulation_with_distributed_noise_inside_secagg(tmp_path: Path) -> None:
+    document = _sim_config(noise="distributed", target_epsilon=6.0, clip_norm=1.0)
+    document["secure_aggregation"] = {"enabled": True, "ring_bits": 64}
+    config = parse_config(document, source="test")
+    policy = participant_dp_policy(config)
+    assert policy is not None
+    workdir = tmp_path / "work"
+    result = run_simulation(config, workdir=workdir, base_dir=tmp_path)
+    assert result.rounds_completed == 3
+    db = Database.for_workdir(workdir)
+    try:
+        fits = [r for r in RoundLog(db).list() if r.kind == "fit" and r.status == "committed"]
+        events = PrivacyEvents(db).list(PARTICIPANTS)
+    finally:
+        db.close()
+    assert [e.mechanism for e in events] == ["dp-fedavg-distributed"] * 3
+    for record in fits:  # nobody dropped: the whole z, and the budget spent on plan
+        assert record.metrics["dp_noise_multiplier"] == pytest.approx(policy.noise_multiplier)
+    assert fits[-1].metrics["dp_epsilon"] == pytest.approx(6.0, rel=0.01)
+    assert fits[-1].metrics["dp_epsilon"] <= 6.0 * (1 + 1e-6)
+
+
+def test_a_restart_refuses_rounds_beyond_the_participant_budget(tmp_path: Path) -> None:
+    document = _sim_config(noise="central", target_epsilon=3.0)
+    workdir = tmp_path / "work"
+    run_simulation(parse_config(document, source="test"), workdir=workdir, base_dir=tmp_path)
+    more = {**document, "rounds": {**document["rounds"], "count": 5}}  # type: ignore[dict-item]
+    more["participant_dp"] = {"noise": "central", "noise_multiplier": 1.0, "target_epsilon": 3.0}
+    with pytest.raises(ConfigError, match="participant_dp.target_epsilon"):
+        run_simulation(parse_config(more, source="test"), workdir=workdir, base_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_distributed_noise_over_tls_comes_from_the_sites_shares(
+    federation_factory: FederationFactory,
+) -> None:
+    """Real processes and SecAgg+: the sites' discrete Gaussian shares make up the noise.
+
+    The noise dwarfs any digits update, so the first model's change has standard
+    deviation ``z * C / n`` (all survive) within 5%; the coordinator never held more.
+    """
+    z, c = 30.0, 1.0
+    federation = federation_factory(
+        {
+            "rounds": {"count": 1, "final_evaluation": False},
+            "secure_aggregation": {"enabled": True, "ring_bits": 64, "stage_timeout_s": 4.0},
+            "participant_dp": {"noise": "distributed", "noise_multiplier": z, "clip_norm": c},
+        }
+    )
+    federation.start_coordinator()
+    federation.start_participants()
+    codes = federation.wait_exit(federation.participants, timeout_s=150)
+    assert codes == dict.fromkeys(federation.names, 0), federation.describe()
+    fits = [r for r in federation.round_log() if r.kind == "fit"]
+    assert fits[-1].status == "committed", [(r.status, r.reason) for r in fits]
+    fit = fits[-1]
+    n = len(fit.answered)
+    assert n == len(federation.names)
+    assert fit.metrics["dp_noise_multiplier"] == pytest.approx(z)
+    db = Database.for_workdir(federation.workdir)
+    try:
+        registry = ModelRegistry(db, BlobStore(federation.workdir / "models"))
+        before, after = registry.load(0), registry.load(1)
+        events = PrivacyEvents(db).list(PARTICIPANTS)
+    finally:
+        db.close()
+    assert [e.mechanism for e in events] == ["dp-fedavg-distributed"]
+    change = np.concatenate(
+        [(after[k].astype(np.float64) - before[k]).ravel() for k in sorted(after)]
+    )
+    _close(float(np.std(change)), z * c / n)
+
+
+def _session(min_noise: float | None, dim: int = 100) -> SecureSession:
+    return SecureSession(
+        name="p00",
+        federation="dp",
+        round=1,
+        attempt=1,
+        update=np.zeros(dim, dtype=np.float32),
+        num_examples=10,
+        signing_key=Ed25519PrivateKey.generate(),
+        ca_cert=None,  # type: ignore[arg-type]  # not reached: only the DP settings are checked
+        clock=lambda: T0,
+        min_noise_multiplier=min_noise,
+    )
+
+
+def _settings(z: float, participants: int, dim: int = 100) -> dict[str, object]:
+    encoding = DistributedEncoding(
+        clip_norm=1.0,
+        noise_multiplier=z,
+        sensitivity_factor=1.0,
+        participants=participants,
+        rotation=Rotation(seed=bytes(32), dim=dim),
+    )
+    return encoding.public()
+
+
+def test_a_site_refuses_distributed_settings_below_its_floor_or_inflated() -> None:
+    setup = SimpleNamespace(participants=("p00", "p01", "p02"), ring_bits=64)
+    session = _session(min_noise=1.0)
+    assert session._distributed(_settings(1.0, 3), setup) is not None  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError, match="below this site's minimum"):
+        session._distributed(_settings(0.5, 3), setup)  # type: ignore[arg-type]
+    # Claiming more participants would shrink every site's share of the noise.
+    with pytest.raises(ProtocolError, match="split the noise over 30"):
+        session._distributed(_settings(1.0, 30), setup)  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError, match="carries no distributed DP settings"):
+        session._distributed(None, setup)  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError, match="malformed"):
+        session._distributed({"clip_norm": "x"}, setup)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("noise", ["local", "distributed"])
+def test_provisioned_kits_carry_the_planned_noise_as_the_sites_floor(
+    tmp_path: Path, noise: str
+) -> None:
+    document = _sim_config(noise=noise, target_epsilon=5.0)
+    if noise == "distributed":
+        document["secure_aggregation"] = {"enabled": True, "ring_bits": 64}
+    config = parse_config(document, source="test")
+    policy = participant_dp_policy(config)
+    assert policy is not None
+    kits = provision_federation(config, out_dir=tmp_path / "kits", base_dir=tmp_path, now=T0)
+    for kit in kits.participant_dirs.values():
+        site = load_participant_file(kit)
+        assert site.participant.min_participant_noise == pytest.approx(policy.noise_multiplier)

@@ -81,6 +81,9 @@ class ParticipantSection(BaseModel):
     batch_size: int = Field(default=32, ge=1, le=65536)
     require_secure_aggregation: bool = False
     secure_min_participants: int = Field(default=3, ge=2, le=10_000)
+    min_participant_noise: float | None = Field(default=None, gt=0.0, le=1e6)
+    """Participant-level DP with local or distributed noise: the smallest noise
+    multiplier this site adds (a coordinator that asks for less is refused)."""
 
 
 class ParticipantFile(BaseModel):
@@ -205,6 +208,18 @@ def run_agent(
                     say(f"round {task.round}: sitting out: {reason}")
                     client.decline(task.round, task.attempt, reason)
                     continue
+                floor = me.min_participant_noise
+                local = task.local_dp
+                if local is not None and floor is not None and local.noise_multiplier < floor:
+                    assert task.round is not None and task.attempt is not None
+                    reason = (
+                        f"the coordinator asks for local noise multiplier "
+                        f"{local.noise_multiplier:g}, below this site's minimum {floor:g} "
+                        "(min_participant_noise)"
+                    )
+                    say(f"round {task.round}: declining: {reason}")
+                    client.decline(task.round, task.attempt, reason)
+                    continue
                 try:
                     outcome = _work(client, parts, layout, task, me, say, privacy)
                 except BudgetExhaustedError as exc:
@@ -216,6 +231,7 @@ def run_agent(
                     continue
                 if isinstance(outcome, SecureUpdate):
                     session = SecureSession(
+                        min_noise_multiplier=me.min_participant_noise,
                         name=me.name,
                         federation=me.federation,
                         round=outcome.round,

@@ -54,9 +54,10 @@ from fedshield.federation.round import (
     RoundRetried,
     SecureProgress,
 )
-from fedshield.privacy.accounting import calibrate
+from fedshield.privacy.accounting import calibrate, compose, epsilon_of
 from fedshield.privacy.clipping import AdaptiveClipping
-from fedshield.privacy.dpfedavg import ParticipantDP
+from fedshield.privacy.distributed import DistributedEncoding, Rotation
+from fedshield.privacy.dpfedavg import ParticipantDP, round_event
 from fedshield.secagg.randomness import system_random
 from fedshield.storage import (
     BlobStore,
@@ -67,6 +68,7 @@ from fedshield.storage import (
     RoundLog,
     RoundRecord,
 )
+from fedshield.storage.privacy import PARTICIPANTS, PrivacyEvents, participant_epsilon
 from fedshield.tensors import Layout, Weights, flatten
 from fedshield.training.datasets import DataSpec
 from fedshield.training.local import evaluate, train_local
@@ -484,6 +486,7 @@ class Coordinator:
             noise_rng=system_random(),
         )
         self._row_id: int | None = None
+        self._check_participant_budget(completed)
 
     # -- reads -------------------------------------------------------------------------
 
@@ -559,6 +562,31 @@ class Coordinator:
                     },
                     now=self._clock(),
                 )
+
+    def distributed_encoding(self, participants: int, *, seed: bytes) -> DistributedEncoding | None:
+        """Return this round's distributed-DP settings for ``participants`` inputs, or None.
+
+        ``seed`` (32 fresh bytes) fixes the round's public rotation. Each participant adds
+        ``1/participants`` of the noise variance; the clip bound is the machine's.
+
+        Raises
+        ------
+        ConfigError
+            If each participant's share of the noise would be too small to account.
+        """
+        dp = self.machine.policy.participant_dp
+        if dp is None or dp.noise != "distributed":
+            return None
+        with self._lock:
+            clip = self.machine.clip_norm
+        assert clip is not None
+        return DistributedEncoding(
+            clip_norm=clip,
+            noise_multiplier=dp.noise_multiplier,
+            sensitivity_factor=2.0 if dp.sampling == "fixed" and dp.sampling_rate < 1 else 1.0,
+            participants=participants,
+            rotation=Rotation(seed=seed, dim=self.layout.size),
+        )
 
     def submit_secure_sum(self, **kwargs: Any) -> None:
         """Forward a secure aggregate (see :meth:`RoundMachine.submit_secure_sum`)."""
@@ -763,9 +791,93 @@ class Coordinator:
         )
         self._row_id = None
 
+    def _check_participant_budget(self, completed: int) -> None:
+        """Refuse to start when the recorded rounds plus those still planned overspend.
+
+        Raises
+        ------
+        ConfigError
+            If participant-level epsilon after ``rounds.count`` rounds (the recorded
+            events, then the remaining rounds at the planned settings) would exceed
+            ``participant_dp.target_epsilon``; for example after raising ``rounds.count``.
+        """
+        dp = self.machine.policy.participant_dp
+        remaining = self.config.rounds.count - completed
+        if dp is None or remaining <= 0:
+            return
+        settings = self.config.participant_dp
+        recorded = [r.event() for r in PrivacyEvents(self.db).list(PARTICIPANTS)]
+        planned = round_event(
+            noise_multiplier=dp.noise_multiplier,
+            sampling_rate=1.0 if dp.noise == "local" else dp.sampling_rate,
+            sampling=dp.sampling,
+        )
+        total = epsilon_of(
+            compose([*recorded, *([planned] * remaining)]),
+            delta=settings.target_delta,
+            accountant=settings.accountant,
+        )
+        if total > settings.target_epsilon * (1 + 1e-6):
+            raise ConfigError(
+                f"participant-level DP: {len(recorded)} recorded round(s) and the "
+                f"{remaining} still planned would spend epsilon {total:.4g}, above "
+                f"participant_dp.target_epsilon = {settings.target_epsilon:g}",
+                hint="Lower rounds.count or raise participant_dp.target_epsilon (or use a "
+                "fresh --workdir for a new federation).",
+            )
+
+    def _record_participant_dp(self, request: CommitRequest) -> dict[str, float]:
+        """Record the round's participant-level DP event; return ``dp_epsilon`` after it.
+
+        Durable before the model is committed (released): a crash after this forgets
+        no spending. Epsilon is recomputed from every recorded event.
+        """
+        dp = self.config.participant_dp
+        metrics = request.metrics
+        if dp.noise == "off" or "dp_noise_multiplier" not in metrics:
+            return {}
+        local = dp.noise == "local"
+        events = PrivacyEvents(self.db)
+        events.record(
+            round=request.round,
+            attempt=request.attempt,
+            scope=PARTICIPANTS,
+            mechanism=f"dp-fedavg-{dp.noise}",
+            noise_multiplier=metrics["dp_noise_multiplier"],
+            # Local noise protects each update the coordinator sees: no amplification.
+            sampling_rate=1.0 if local else metrics["dp_sampling_rate"],
+            sampling=dp.sampling,
+            steps=1,
+            clip_norm=metrics["dp_clip_norm"],
+            participants=int(metrics["dp_participants"]),
+            delta=dp.target_delta,
+            accountant=dp.accountant,
+            now=self._clock(),
+            target_epsilon=dp.target_epsilon,
+        )
+        spent = participant_epsilon(events.list(), delta=dp.target_delta, accountant=dp.accountant)
+        if not spent:
+            return {}
+        epsilon = spent[-1][1]
+        if epsilon > dp.target_epsilon * (1 + 1e-6):
+            # Possible when dropouts took part of the distributed noise with them.
+            self.events.record(
+                actor=self.actor,
+                action="privacy.budget_exceeded",
+                resource=f"round/{request.round}",
+                outcome="warn",
+                details={"epsilon": epsilon, "target_epsilon": dp.target_epsilon},
+                now=self._clock(),
+            )
+        return {"dp_epsilon": epsilon}
+
     def _commit(self, request: CommitRequest, now: datetime) -> Committed:
         started = time.perf_counter()
-        metrics = {**request.metrics, **self._server_metrics(request.weights)}
+        metrics = {
+            **request.metrics,
+            **self._record_participant_dp(request),
+            **self._server_metrics(request.weights),
+        }
         # Stamp the commit when it happens, not when the tick that closed the round began.
         version = self.registry.commit(
             request.weights,

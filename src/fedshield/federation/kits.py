@@ -58,6 +58,14 @@ def provision_federation(
     privacy = config.privacy.model_dump(mode="json")
     if privacy["planned_rounds"] is None:
         privacy["planned_rounds"] = config.rounds.count
+    floor = None
+    if config.participant_dp.noise in ("local", "distributed"):
+        from fedshield.federation.coordinator import participant_dp_policy
+
+        policy = participant_dp_policy(config)
+        # The site adds at least the noise the federation was planned with, whatever a
+        # (compromised) coordinator asks later; the site may change it.
+        floor = policy.noise_multiplier if policy is not None else None
     extra: dict[str, dict[str, str]] = {}
     for index, name in enumerate(names):
         document = {
@@ -78,6 +86,7 @@ def provision_federation(
                 "secure_min_participants": max(
                     2, min(len(names), config.secure_aggregation.min_group_size or 3)
                 ),
+                **({"min_participant_noise": floor} if floor is not None else {}),
             },
             "data": data,
             "transport": config.transport.model_dump(mode="json"),

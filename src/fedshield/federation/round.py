@@ -282,6 +282,7 @@ class _Open:
     secure_failure: str | None = None
     root_update: np.ndarray | None = None
     pool: int = 0  # participants the round was drawn from
+    noise_shares: int = 0  # distributed DP: participants that each added 1/n of the noise
 
 
 def _check_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -534,7 +535,7 @@ class RoundMachine:
             selected = tuple(
                 sorted(p for p, u in zip(pool, draws, strict=True) if u < dp.sampling_rate)
             )
-            timeout = self.policy.fit_timeout_s
+            timeout = self.policy.fit_timeout_s + self.policy.secure_timeout_s
         elif kind == "fit":
             k = self.policy.selection_size(len(pool))
             chosen = self._rng.choice(len(pool), size=k, replace=False)
@@ -602,7 +603,7 @@ class RoundMachine:
             return [evaluated, FederationFinished(model=self._head)]
         try:
             if op.secure_sum is not None:
-                mean_update = self._combine_secure(op)
+                mean_update = self._combine_secure(op, metrics)
             else:
                 # Sorted order, not arrival order: the same updates give the same model.
                 mean_update = self._combine(
@@ -719,9 +720,30 @@ class RoundMachine:
         self._pending_clip = following
         return result.mean
 
-    def _combine_secure(self, op: _Open) -> np.ndarray:
-        """Return the secure sum's mean, or the robust rule over the group means."""
+    def _combine_secure(self, op: _Open, metrics: dict[str, float]) -> np.ndarray:
+        """Return the secure sum's mean, or the robust rule over the group means.
+
+        With distributed participant-level DP the mean already holds the survivors'
+        discrete Gaussian noise; the round is accounted at ``z * sqrt(m / n)`` (``m``
+        survivors of the ``n`` that each added ``1/n`` of the variance).
+        """
         assert op.secure_sum is not None
+        dp = self.policy.participant_dp
+        if dp is not None and dp.noise == "distributed":
+            assert self.clip_norm is not None
+            survivors = len(op.secure_sum[1])
+            shares = max(op.noise_shares, survivors)
+            rate = len(op.selected) / max(op.pool, 1)
+            z = dp.noise_multiplier * math.sqrt(survivors / shares)
+            metrics["dp_clip_norm"] = self.clip_norm
+            metrics["dp_sampling_rate"] = rate
+            metrics["dp_participants"] = float(survivors)
+            metrics["dp_noise_multiplier"] = z
+            metrics["dp_noise_std"] = z * sum_sensitivity(
+                self.clip_norm, sampling=dp.sampling, sampling_rate=rate
+            )
+            metrics["dp_next_clip_norm"] = self.clip_norm
+            return op.secure_sum[0]
         if self.policy.robust_rule == "mean" or not op.group_means:
             return op.secure_sum[0]
         return self._robust(np.stack(op.group_means), op, ())
@@ -900,6 +922,7 @@ class RoundMachine:
         survivors: Collection[str],
         now: datetime,
         group_means: Sequence[np.ndarray] = (),
+        noise_shares: int = 0,
     ) -> None:
         """Accept the secure aggregate of the open fit round (SecAgg+ is on).
 
@@ -907,7 +930,8 @@ class RoundMachine:
         layout order, as the SecAgg+ server decoded it; the machine never sees an
         individual update. Survivors that did not report their metrics do not count.
         ``group_means`` (group-wise mode) are the per-group means a robust rule
-        combines instead.
+        combines instead. ``noise_shares`` (distributed DP): how many participants each
+        added ``1/n`` of the noise, survivors or not.
         """
         op = self._open
         if not self.policy.secure:
@@ -932,6 +956,7 @@ class RoundMachine:
             raise PayloadError("a group mean has the wrong shape or non-finite values")
         op.secure_sum = (np.asarray(mean_update, dtype=np.float64), tuple(sorted(survivors)))
         op.group_means = means
+        op.noise_shares = int(noise_shares)
 
     def set_root_update(self, vector: np.ndarray, *, round: int, attempt: int) -> None:
         """Hand the machine FLTrust's root update for the open fit round.

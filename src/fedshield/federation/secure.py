@@ -45,6 +45,7 @@ from fedshield.errors import (
 from fedshield.federation.coordinator import Coordinator, utcnow
 from fedshield.federation.round import SecureProgress
 from fedshield.identity import signing_key_of
+from fedshield.privacy.distributed import DistributedEncoding
 from fedshield.secagg import SecAggServer, SecureRandom
 from fedshield.secagg.driver import SecAggConfig, plan_round
 from fedshield.secagg.graph import split_groups
@@ -130,6 +131,8 @@ class SecureSum:
     survivors: tuple[str, ...]
     groups: tuple[tuple[tuple[str, ...], int], ...]
     group_means: tuple[np.ndarray, ...] = ()
+    noise_shares: int = 0
+    """Distributed DP: how many participants each added ``1/n`` of the noise."""
 
 
 @dataclass
@@ -171,6 +174,12 @@ class SecureRelay:
     min_survivors : int
         Fewest survivors (over all groups) worth unmasking; with fewer, the round fails
         before anything is unmasked.
+    encoding_for : callable, optional
+        Distributed DP: ``encoding_for(n, seed)`` returns the round's
+        :class:`~fedshield.privacy.distributed.DistributedEncoding` for ``n`` members and
+        a fresh 32-byte rotation seed (or ``None`` without distributed DP). Its public
+        settings travel with the setup; the members' signed integers are summed and
+        decoded with it, and the vector length is the rotation's.
 
     Raises
     ------
@@ -200,6 +209,7 @@ class SecureRelay:
         now: datetime,
         rng: SecureRandom,
         min_survivors: int = 2,
+        encoding_for: Callable[[int, bytes], DistributedEncoding | None] | None = None,
     ) -> None:
         self.round = progress.round
         self.attempt = progress.attempt
@@ -221,13 +231,19 @@ class SecureRelay:
         else:
             parts = split_groups(names, min_size=config.min_group_size, rng=rng)
         params = secagg_params(config, federation, progress.round, progress.attempt)
+        self.encoding = encoding_for(len(names), rng.bytes(32)) if encoding_for else None
+        extra: dict[str, Any] = {}
+        if self.encoding is not None:
+            dim = self.encoding.rotation.padded
+            extra["ddgauss"] = self.encoding.public()
+        self.noise_shares = len(names) if self.encoding is not None else 0
         self.groups: list[_Group] = []
         self._group_of: dict[str, _Group] = {}
         for part in parts:
             setup, quantizer = plan_round(params, part, dim=dim, rng=rng)
             certificates = {name: base64.b64encode(members[name]).decode("ascii") for name in part}
             group = _Group(setup, quantizer, SecAggServer(setup), certificates)
-            payload = {"setup": to_wire(setup), "certificates": certificates}
+            payload = {"setup": to_wire(setup), "certificates": certificates, **extra}
             self._open_stage(group, "advertise", {name: payload for name in part}, now)
             self.groups.append(group)
             self._group_of.update(dict.fromkeys(part, group))
@@ -331,7 +347,16 @@ class SecureRelay:
         for group in finishing:
             try:
                 ring_sum, total_weight, survivors = group.server.finish()
-                mean, _ = group.quantizer.decode(ring_sum, total_weight)
+                if self.encoding is not None:
+                    if total_weight != len(survivors):
+                        raise RoundFailedError(
+                            f"the distributed sum counts {total_weight} inputs for "
+                            f"{len(survivors)} survivors: the sum is not used"
+                        )
+                    signed = np.asarray(ring_sum[:-1], dtype=np.uint64).view(np.int64)
+                    mean = self.encoding.decode(signed, denominator=len(survivors))
+                else:
+                    mean, _ = group.quantizer.decode(ring_sum, total_weight)
             except FedshieldError as exc:
                 # Missing shares, a forged share, a total weight that wrapped to 0.
                 with self._lock:
@@ -369,6 +394,7 @@ class SecureRelay:
             survivors=survivors,
             groups=groups,
             group_means=tuple(m for m, _, _ in results),
+            noise_shares=self.noise_shares,
         )
 
     def refusals(self) -> dict[str, str]:
@@ -641,7 +667,9 @@ class SecureAggregation:
             outcome = relay.outcome()
             if outcome is None:
                 return moved
-            check_secure_sum(outcome, progress.reported, self.config.secure_aggregation)
+            if relay.encoding is None:
+                # (Distributed DP: the decoder checked the count and the sum's norm.)
+                check_secure_sum(outcome, progress.reported, self.config.secure_aggregation)
             self.coordinator.submit_secure_sum(
                 round=relay.round,
                 attempt=relay.attempt,
@@ -649,6 +677,7 @@ class SecureAggregation:
                 survivors=outcome.survivors,
                 now=now,
                 group_means=outcome.group_means,
+                noise_shares=outcome.noise_shares,
             )
         except FedshieldError as exc:
             # Whatever went wrong, the round fails with the reason; the coordinator lives.
@@ -684,6 +713,7 @@ class SecureAggregation:
                 now=now,
                 rng=self._rng(),
                 min_survivors=self.config.rounds.min_participants,
+                encoding_for=lambda n, seed: self.coordinator.distributed_encoding(n, seed=seed),
             )
         except FedshieldError as exc:
             reason = f"secure aggregation cannot start: {exc.message}"

@@ -27,9 +27,10 @@ import numpy as np
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedshield.errors import ConfigError, IdentityError, ProtocolError
+from fedshield.errors import ConfigError, IdentityError, PayloadError, ProtocolError
 from fedshield.federation.secure import secagg_round
 from fedshield.identity import verify_roster
+from fedshield.privacy.distributed import DistributedEncoding
 from fedshield.secagg import SecAggClient, system_random
 from fedshield.secagg.messages import (
     Advertise,
@@ -88,6 +89,7 @@ class SecureSession:
         clock: Callable[[], datetime],
         min_participants: int = 3,
         model_sha3: str = "",
+        min_noise_multiplier: float | None = None,
     ) -> None:
         self.name = name
         self.federation = federation
@@ -99,9 +101,11 @@ class SecureSession:
         self._ca_cert = ca_cert
         self._clock = clock
         self._min_participants = min_participants
+        self._min_noise = min_noise_multiplier
         self.model_sha3 = model_sha3
         self._client: SecAggClient | None = None
         self._setup: Setup | None = None
+        self._encoding: DistributedEncoding | None = None
         self.done = False
 
     def matches(self, round: int | None, attempt: int | None) -> bool:
@@ -129,8 +133,14 @@ class SecureSession:
         if stage == "masked":
             assert self._setup is not None
             shares = [from_wire(EncryptedShare, c) for c in _items(data, "shares")]
-            weight = max(1, min(self._num_examples, self._setup.max_weight))
-            masked = client.on_shares(shares, x=self._update, weight=weight)
+            if self._encoding is not None:
+                # Distributed DP: this site's clipped, rotated update with its share of
+                # the noise, as signed integers; every site weighs the same.
+                integers, _ = self._encoding.encode(self._update, rng=system_random())
+                masked = client.on_shares(shares, x=None, weight=1, integers=integers)
+            else:
+                weight = max(1, min(self._num_examples, self._setup.max_weight))
+                masked = client.on_shares(shares, x=self._update, weight=weight)
             return masked.data, "application/octet-stream"
         if stage == "consistency":
             survivors = _items(data, "survivors")
@@ -157,9 +167,13 @@ class SecureSession:
                 f"the setup has {len(setup.participants)} participant(s); this site takes "
                 f"part only in sums over at least {self._min_participants}"
             )
-        if setup.dim != self._update.size:
+        self._encoding = self._distributed(data.get("ddgauss"), setup)
+        expected_dim = (
+            self._encoding.rotation.padded if self._encoding is not None else self._update.size
+        )
+        if setup.dim != expected_dim:
             raise ProtocolError(
-                f"the setup expects {setup.dim} values, this update has {self._update.size}"
+                f"the setup expects {setup.dim} values, this update needs {expected_dim}"
             )
         raw = data.get("certificates")
         if not isinstance(raw, dict) or set(raw) != set(setup.participants):
@@ -185,6 +199,42 @@ class SecureSession:
         )
         self._setup = setup
         return self._client.on_setup(setup)
+
+    def _distributed(self, raw: object, setup: Setup) -> DistributedEncoding | None:
+        """Parse and check the round's distributed-DP settings, if the coordinator sent them.
+
+        The site checks what it can: the settings are for its update's size and claim
+        exactly the setup's participants (a coordinator that claimed more would make
+        every site add too small a share of the noise).
+        """
+        if raw is None:
+            if self._min_noise is not None:
+                raise ProtocolError(
+                    "this site adds participant-level noise in every secure sum "
+                    "(min_participant_noise), but the setup carries no distributed DP settings"
+                )
+            return None
+        try:
+            encoding = DistributedEncoding.from_public(raw)
+        except PayloadError as exc:
+            raise ProtocolError(exc.message) from exc
+        if self._min_noise is not None and encoding.noise_multiplier < self._min_noise:
+            raise ProtocolError(
+                f"the setup asks for noise multiplier {encoding.noise_multiplier:g}, below "
+                f"this site's minimum {self._min_noise:g} (min_participant_noise)"
+            )
+        if encoding.rotation.dim != self._update.size:
+            raise ProtocolError(
+                f"the distributed DP settings are for {encoding.rotation.dim} values, this "
+                f"update has {self._update.size}"
+            )
+        if encoding.participants != len(setup.participants) or setup.ring_bits != 64:
+            raise ProtocolError(
+                f"the distributed DP settings split the noise over {encoding.participants} "
+                f"participants, but the setup has {len(setup.participants)} in a "
+                f"{setup.ring_bits}-bit ring"
+            )
+        return encoding
 
 
 class SpentLedger:

@@ -55,7 +55,9 @@ from fedshield.federation.round import (
     refusal_note,
 )
 from fedshield.federation.secure import secagg_params
+from fedshield.privacy.distributed import DistributedEncoding
 from fedshield.secagg import run_in_memory, system_random
+from fedshield.secagg.driver import SecAggConfig
 from fedshield.secagg.graph import split_groups
 from fedshield.tensors import Layout, Weights, flatten, unflatten
 from fedshield.training.tasks import TaskContext, TaskParts, call_task, resolve_task
@@ -341,6 +343,36 @@ def _tampered(
     return checked
 
 
+def _distributed_sum(
+    coordinator: Coordinator,
+    opened: RoundOpened,
+    inputs: dict[str, tuple[np.ndarray, int]],
+    params: SecAggConfig,
+    encoding: DistributedEncoding,
+) -> None:
+    """Distributed DP: every site clips, rotates and noises its own integers, SecAgg sums."""
+    names = sorted(inputs)
+    rng = system_random()
+    rows = [encoding.encode(inputs[n][0].astype(np.float64), rng=rng)[0] for n in names]
+    try:
+        result = run_in_memory(rows, params, integers=True)
+        ids = result.setup.participants
+        alive = [names[ids.index(i)] for i in result.survivors]
+        assert result.signed_sum is not None
+        mean = encoding.decode(result.signed_sum, denominator=len(alive))
+    except (RoundFailedError, PayloadError) as exc:
+        coordinator.fail_secure(exc.message, round=opened.round, attempt=opened.attempt)
+        return
+    coordinator.submit_secure_sum(
+        round=opened.round,
+        attempt=opened.attempt,
+        mean_update=mean,
+        survivors=alive,
+        now=utcnow(),
+        noise_shares=len(names),
+    )
+
+
 def _secure_sum(
     coordinator: Coordinator,
     config: FederationConfig,
@@ -360,6 +392,10 @@ def _secure_sum(
             return
     # Bound to the fit round and attempt: keys never repeat.
     params = secagg_params(secure, config.federation.name, opened.round, opened.attempt)
+    encoding = coordinator.distributed_encoding(len(names), seed=system_random().bytes(32))
+    if encoding is not None:
+        _distributed_sum(coordinator, opened, inputs, params, encoding)
+        return
     weight = {n: min(inputs[n][1], secure.max_weight) for n in names}
     sums: list[tuple[np.ndarray, int]] = []
     survivors: list[str] = []
