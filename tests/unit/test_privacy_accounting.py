@@ -26,6 +26,13 @@ TFF_Q = 120 / 3383  # TFF DP tutorial: 120 of 3383 EMNIST clients per round
 def test_the_public_surface() -> None:
     assert set(privacy.__all__) == {
         "ACCOUNTANTS",
+        "AdaptiveClipping",
+        "DistributedEncoding",
+        "ParticipantDP",
+        "Rotation",
+        "central_mean",
+        "clip_update",
+        "local_update",
         "LedgerEntry",
         "PLD_VALUE_DISCRETIZATION",
         "PrivacyBudget",
