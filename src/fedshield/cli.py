@@ -1054,6 +1054,149 @@ def privacy_report(
             ) from exc
 
 
+# -- audit ----------------------------------------------------------------------------------
+
+audit_app = typer.Typer(
+    help="Verify and export the tamper-evident audit log; cut participants' receipts.",
+    no_args_is_help=True,
+)
+app.add_typer(audit_app, name="audit")
+
+PublicKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--public-key",
+        help="The audit public key to trust (64 hex); default: WORKDIR/audit.pub.",
+    ),
+]
+
+
+def _trusted_key(workdir: Path, public_key: str | None) -> Any:
+    from fedshield.storage.audit import AUDIT_PUB_FILE, parse_public_key, read_public_key
+
+    if public_key is not None:
+        return parse_public_key(public_key)
+    return read_public_key(workdir / AUDIT_PUB_FILE)
+
+
+def _read_receipt(path: Path) -> Any:
+    from fedshield.audit import Receipt
+
+    try:
+        return Receipt.from_json(json.loads(path.read_text()))
+    except OSError as exc:
+        raise ConfigError(f"cannot read receipt {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not an audit receipt: {exc}") from exc
+
+
+@audit_app.command("verify")
+def audit_verify(
+    workdir: WorkdirOpt = Path("fedshield-coordinator"),
+    public_key: PublicKeyOpt = None,
+    receipt: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--receipt",
+            help="A participant's receipt: its tree head must match the log (catches a "
+            "truncated tail). Repeatable.",
+        ),
+    ] = None,
+    json_path: JsonOpt = None,
+) -> None:
+    """Check the audit chain, every signature and tree head; name the first bad entry."""
+    from fedshield.audit import verify_receipt
+    from fedshield.errors import AuditError
+    from fedshield.storage.audit import AuditLog
+
+    key = _trusted_key(workdir, public_key)
+    heads = []
+    for path in receipt or []:
+        kept = _read_receipt(path)
+        try:
+            verify_receipt(kept, key)
+        except AuditError as exc:
+            raise AuditError(
+                f"receipt {path} does not verify under the trusted audit key",
+                check="receipt",
+                hint="A forged or foreign receipt proves nothing about this log.",
+            ) from exc
+        heads.append(kept.head)
+    db = _database(workdir)
+    try:
+        report = AuditLog(db).verify(key, external_heads=heads)
+    finally:
+        db.close()
+    summary = {
+        "audit_verified": True,
+        "entries": report.entries,
+        "tree_heads": report.tree_heads,
+        "receipts": report.external_heads,
+        "root": report.root,
+    }
+    if json_path is not None:
+        _emit_json(json_path, summary)
+        return
+    _out.print(
+        f"OK: {report.entries} entries, {report.tree_heads} tree heads"
+        + (f", {report.external_heads} receipts" if report.external_heads else "")
+        + f" verified; root {report.root[:16]}..."
+    )
+
+
+@audit_app.command("export")
+def audit_export(
+    workdir: WorkdirOpt = Path("fedshield-coordinator"),
+    format: Annotated[str, typer.Option("--format", help="Only 'jsonl'.")] = "jsonl",
+    out: Annotated[Path | None, typer.Option("--out", help="Write here instead of stdout.")] = None,
+) -> None:
+    """Export every audit entry with its hash and signature, one JSON object per line."""
+    from fedshield.storage.audit import AuditLog
+
+    if format != "jsonl":
+        raise ConfigError(f"--format must be 'jsonl', got {format!r}")
+    db = _database(workdir)
+    try:
+        log = AuditLog(db)
+        if out is None:
+            count = log.export_jsonl(sys.stdout)
+        else:
+            try:
+                with out.open("w", encoding="utf-8") as handle:
+                    count = log.export_jsonl(handle)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot write {out}: {exc.strerror or exc}",
+                    hint="Pass --out a path in a writable directory.",
+                ) from exc
+            _err.print(f"exported {count} entries to {escape(str(out))}")
+    finally:
+        db.close()
+
+
+@audit_app.command("receipt")
+def audit_receipt(
+    participant: Annotated[str, typer.Argument(help="The participant's name.")],
+    round: Annotated[int, typer.Option("--round", min=1, help="A committed round.")],
+    workdir: WorkdirOpt = Path("fedshield-coordinator"),
+    out: Annotated[Path | None, typer.Option("--out", help="Write here, not stdout.")] = None,
+) -> None:
+    """Write PARTICIPANT's receipt for ROUND (its entry, inclusion proof, signed tree head)."""
+    from fedshield.storage.audit import AuditLog
+
+    db = _database(workdir)
+    try:
+        receipt = AuditLog(db).receipt(participant, round)
+    finally:
+        db.close()
+    text = json.dumps(receipt.to_json(), indent=2, sort_keys=True) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text)
+        _err.print(f"receipt for {escape(participant)} round {round} written to {escape(str(out))}")
+
+
 # -- entry point ----------------------------------------------------------------------------
 
 

@@ -16,12 +16,14 @@ CLI returns for it. Third-party exceptions are translated into this tree at one 
     ├── TransportError            exit 7   the coordinator could not be reached or refused us
     ├── RoundFailedError          exit 8   a round failed after its retries (reason recorded)
     ├── TaskError                 exit 9   a user task could not be imported or misbehaved
-    └── BudgetExhaustedError      exit 10  a round would take a site over its privacy budget
+    ├── BudgetExhaustedError      exit 10  a round would take a site over its privacy budget
+    └── AuditError                exit 11  an audit signature, hash, proof or log failed
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AuditError",
     "BudgetExhaustedError",
     "ConfigError",
     "FedshieldError",
@@ -144,3 +146,28 @@ class BudgetExhaustedError(FedshieldError):
         self.spent_epsilon = spent_epsilon
         self.epsilon_after = epsilon_after
         self.target_epsilon = target_epsilon
+
+
+class AuditError(FedshieldError):
+    """An audit signature, hash chain, inclusion proof or tree head did not verify.
+
+    Raised opaquely by the primitives (a bad signature says only that). The log verifier
+    sets ``seq`` (the first bad entry, ``None`` for the log as a whole) and ``check``
+    (``sequence``, ``missing entry``, ``signature``, ``hash``, ``tree head``,
+    ``truncated``, ``unchained``) so that an auditor knows where the log broke.
+    """
+
+    exit_code = 11
+    default_hint = "Treat the log as tampered with; keep the workdir as evidence."
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        seq: int | None = None,
+        check: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.seq = seq
+        self.check = check

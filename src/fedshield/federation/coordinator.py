@@ -11,6 +11,9 @@ service drive. It owns the side effects the pure :class:`RoundMachine` must not 
   then tells the machine, so a round is never reported done before its model is safe;
 * every round start and end is written to the round log, with the reasons of the
   participants that refused a round (a privacy budget spent, a declined task);
+* every event is an audit entry (chained and signed, :mod:`fedshield.storage.audit`);
+  a committed round adds a ``round.contribution`` entry per participant whose update
+  it holds and then a signed tree head, from which each participant's receipt is cut;
 * training without differential privacy leaves a ``security.no_dp`` event: once at
   start when the federation's ``[privacy]`` default is off, and once per participant
   that reports a fit without DP (each site decides; the coordinator keeps the record).
@@ -68,6 +71,7 @@ from fedshield.storage import (
     RoundLog,
     RoundRecord,
 )
+from fedshield.storage.audit import sign_tree_head
 from fedshield.storage.privacy import PARTICIPANTS, PrivacyEvents, participant_epsilon
 from fedshield.tensors import Layout, Weights, flatten
 from fedshield.training.datasets import DataSpec
@@ -343,6 +347,8 @@ class Coordinator:
         self.actor = actor
         self._lock = threading.RLock()
         self.db = Database.for_workdir(workdir)
+        # Binds a new audit log to this federation; refuses another federation's log.
+        self.db.federation = config.federation.name
         self.registry = ModelRegistry(self.db, BlobStore(workdir / "models"))
         self.rounds = RoundLog(self.db)
         self.events = EventLog(self.db)
@@ -764,6 +770,8 @@ class Coordinator:
                 details={"model_version": event.model.version},
                 now=now,
             )
+            # Cover the log's tail too, so truncating it is caught against this head.
+            sign_tree_head(self.db, round=self.machine.completed_rounds, now=now)
             return [event]
         raise AssertionError(f"unhandled event {event!r}")
 
@@ -917,6 +925,22 @@ class Coordinator:
                 },
                 now=self._clock(),
             )
+        for name in request.answered:
+            # The entry each participant's receipt proves (fedshield audit receipt).
+            self.events.record(
+                actor=self.actor,
+                action="round.contribution",
+                resource=f"participant/{name}",
+                outcome="included",
+                details={
+                    "round": request.round,
+                    "attempt": request.attempt,
+                    "model_version": version.version,
+                    "model_sha3": version.sha3,
+                },
+                now=self._clock(),
+            )
+        sign_tree_head(self.db, round=request.round, now=self._clock())
         ref = ModelRef(version.version, version.sha3)
         with self._lock:
             self.machine.committed(ref, request.weights)

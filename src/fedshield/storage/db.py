@@ -52,6 +52,8 @@ from sqlalchemy.types import TypeDecorator
 from fedshield.errors import StorageError
 
 __all__ = [
+    "AuditChainRow",
+    "AuditLogRow",
     "Base",
     "Database",
     "EventRow",
@@ -60,6 +62,7 @@ __all__ = [
     "ParticipantRow",
     "PrivacyEventRow",
     "RoundRow",
+    "TreeHeadRow",
     "UTCDateTime",
     "check_metrics",
     "check_utc",
@@ -247,7 +250,7 @@ class HeadRow(Base):
 
 
 class EventRow(Base):
-    """A plain event journal entry (no payloads; not tamper-evident)."""
+    """An audit entry's content (no payloads); its chain link is an :class:`AuditChainRow`."""
 
     __tablename__ = "events"
 
@@ -258,6 +261,51 @@ class EventRow(Base):
     resource: Mapped[str] = mapped_column(String(512))
     outcome: Mapped[str] = mapped_column(String(64))
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class AuditLogRow(Base):
+    """The audit log's header: its federation and the public key that signs it (one row).
+
+    Both are bound into the chain through the anchor hash of entry 1, so editing this
+    row breaks the chain; a verifier still pins the key it trusts from outside.
+    """
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    federation: Mapped[str] = mapped_column(String(256))
+    public_key: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    adopted: Mapped[int] = mapped_column(Integer)
+
+
+class AuditChainRow(Base):
+    """One link of the audit chain: an event's position, hash and signature.
+
+    A companion of ``events`` rather than new columns on it, so that databases created
+    before the audit log gain the table from ``create_all`` without a migration.
+    """
+
+    __tablename__ = "audit_chain"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    event_id: Mapped[int] = mapped_column(Integer, unique=True)
+    entry_hash: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))
+
+
+class TreeHeadRow(Base):
+    """A signed tree head: the Merkle root of the first ``size`` entries after a round."""
+
+    __tablename__ = "audit_tree_heads"
+    __table_args__ = (Index("ix_audit_tree_heads_round", "round"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    round: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Integer)
+    root: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class PrivacyEventRow(Base):
@@ -323,6 +371,11 @@ class Database:
     url
         A SQLAlchemy URL. ``sqlite:///...`` URLs get the durability PRAGMAs described in
         the module docstring; any other URL is passed to ``create_engine`` as is.
+    audit_key_path
+        The file holding the Ed25519 key that signs the audit log (created 0600 on the
+        first event if missing; see :mod:`fedshield.storage.audit`). ``None`` signs with
+        a key that lives only in this object: another process cannot append to that
+        log afterwards (it refuses), so give a path for any database that outlives it.
 
     Raises
     ------
@@ -332,7 +385,14 @@ class Database:
         masked.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, audit_key_path: Path | None = None) -> None:
+        #: Where the audit signing key lives (see :mod:`fedshield.storage.audit`).
+        self.audit_key_path = audit_key_path
+        #: The federation the audit log is bound to when its first entry is written;
+        #: the coordinator sets it. ``None`` binds a new log to ``""``.
+        self.federation: str | None = None
+        #: Caches of :mod:`fedshield.storage.audit` (the key, the checked log header).
+        self.audit_cache: dict[str, Any] = {}
         masked = mask_url(url)
         #: The URL with its password masked, safe to log or show.
         self.url = masked
@@ -372,7 +432,8 @@ class Database:
         Parameters
         ----------
         workdir
-            The coordinator's working directory; created if missing.
+            The coordinator's working directory; created if missing. The audit log in
+            it is signed with ``<workdir>/audit.key``.
 
         Returns
         -------
@@ -390,7 +451,7 @@ class Database:
             raise StorageError(f"cannot create workdir {workdir}: {exc}") from exc
         # Built, not formatted, so that "?" or "#" in the path is escaped, not parsed.
         url = URL.create("sqlite", database=str(workdir.resolve() / "fedshield.db"))
-        return cls(url.render_as_string(hide_password=False))
+        return cls(url.render_as_string(hide_password=False), audit_key_path=workdir / "audit.key")
 
     @property
     def is_sqlite(self) -> bool:

@@ -5,9 +5,10 @@ attempt starts (status ``running``) and finishes it with its outcome; on restart
 :meth:`RoundLog.abort_running`, because an attempt that was running when the process died
 can never finish, and then resumes after :meth:`RoundLog.last_completed_number`.
 
-:class:`EventLog` is a simple journal of who did what. It is not tamper-evident (a later
-hash-chained audit log replaces it) and must never hold payloads: only identifiers,
-hashes, counts and outcomes.
+:class:`EventLog` is the journal of who did what, and the audit log: each event is
+chained and signed in the transaction that writes it (:mod:`fedshield.storage.audit`).
+It must never hold payloads, only identifiers, hashes, counts and outcomes; the metadata
+guard refuses byte strings, arrays and oversized values.
 
 Every method takes the time as ``now`` (timezone-aware) and opens its own short
 transaction, committed before it returns.
@@ -24,7 +25,9 @@ from typing import Any, Final
 
 from sqlalchemy import func, select, update
 
+from fedshield.audit.entry import check_metadata
 from fedshield.errors import NotFoundError, StorageError
+from fedshield.storage.audit import chain_events
 from fedshield.storage.db import (
     Database,
     EventRow,
@@ -488,7 +491,7 @@ def _jsonable(value: object) -> Any:
 
 
 class EventLog:
-    """A plain, append-only journal of events.
+    """The append-only, hash-chained and signed journal of events (the audit log).
 
     Parameters
     ----------
@@ -523,7 +526,8 @@ class EventLog:
             ``ok``, ``denied``, ``failed``, ...
         details
             Extra facts. Values JSON lacks (datetimes, paths, NaN, numpy scalars) are
-            stored as strings or plain numbers. Never put payloads here.
+            stored as strings or plain numbers. Never put payloads here: byte strings,
+            arrays, encoded blobs and oversized values are refused.
         now
             The event time (timezone-aware).
 
@@ -531,8 +535,15 @@ class EventLog:
         -------
         int
             The id of the new entry.
+
+        Raises
+        ------
+        ValueError
+            If ``now`` is naive or ``details`` fails
+            :func:`~fedshield.audit.entry.check_metadata`.
         """
         now = check_utc(now)
+        check_metadata(details, path="details")
         row = EventRow(
             time=now,
             actor=actor,
@@ -541,9 +552,10 @@ class EventLog:
             outcome=outcome,
             details=_jsonable(details),
         )
-        with self._db.transaction() as session:
+        with self._db.transaction(write=True) as session:
             session.add(row)
             session.flush()
+            chain_events(session, self._db, [row])
             return row.id
 
     def since(self, after_id: int, actions: Collection[str]) -> builtins.list[EventRecord]:

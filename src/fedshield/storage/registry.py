@@ -10,7 +10,8 @@ Ordering of a commit, so that a crash at any point leaves a consistent registry:
 
 1. the weights blob is written and ``fsync``-ed (a crash here leaves at most an
    unreferenced blob, which is harmless and reused if the same weights come again);
-2. one database transaction inserts the version, moves the head and records an event;
+2. one database transaction inserts the version, moves the head and records an event
+   (chained and signed into the audit log in that same transaction);
 3. only then does :meth:`ModelRegistry.commit` return, so a caller that replies
    "committed" to anyone has a durable version behind it.
 """
@@ -31,6 +32,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fedshield.errors import NotFoundError, StorageError
+from fedshield.storage.audit import chain_events
 from fedshield.storage.blobs import BlobStore
 from fedshield.storage.db import (
     Database,
@@ -224,22 +226,23 @@ class ModelRegistry:
                     created_at=now,
                 )
             )
-            session.add(
-                EventRow(
-                    time=now,
-                    actor=actor,
-                    action="model.commit",
-                    resource=f"model/{version}",
-                    outcome="ok",
-                    details={
-                        "version": version,
-                        "parent": parent,
-                        "round": round,
-                        "sha3": sha3,
-                        "num_parameters": num_parameters,
-                    },
-                )
+            event = EventRow(
+                time=now,
+                actor=actor,
+                action="model.commit",
+                resource=f"model/{version}",
+                outcome="ok",
+                details={
+                    "version": version,
+                    "parent": parent,
+                    "round": round,
+                    "sha3": sha3,
+                    "num_parameters": num_parameters,
+                },
             )
+            session.add(event)
+            session.flush()
+            chain_events(session, self._db, [event])
         return ModelVersion.from_row(row)
 
     def head(self) -> ModelVersion | None:
@@ -335,16 +338,17 @@ class ModelRegistry:
                     hint="List versions with `fedshield models list` and pick another.",
                 )
             session.add(HeadRow(version=version, reason="rollback", actor=actor, created_at=now))
-            session.add(
-                EventRow(
-                    time=now,
-                    actor=actor,
-                    action="model.rollback",
-                    resource=f"model/{version}",
-                    outcome="ok",
-                    details={"from": current, "to": version, "reason": reason},
-                )
+            event = EventRow(
+                time=now,
+                actor=actor,
+                action="model.rollback",
+                resource=f"model/{version}",
+                outcome="ok",
+                details={"from": current, "to": version, "reason": reason},
             )
+            session.add(event)
+            session.flush()
+            chain_events(session, self._db, [event])
         return target
 
     def export(self, version: int, dest: Path) -> Path:

@@ -1,0 +1,580 @@
+"""The audit log in the database: every event chained and signed as it is written.
+
+Every :class:`~fedshield.storage.db.EventRow` (written by
+:meth:`~fedshield.storage.records.EventLog.record` or by the registry's commit and
+rollback) gets, in the same transaction, an
+:class:`~fedshield.storage.db.AuditChainRow`: its ``seq``, its hash chained to the
+previous entry and the coordinator's signature (:mod:`fedshield.audit.entry`). After each
+committed round the coordinator adds a signed tree head
+(:class:`~fedshield.storage.db.TreeHeadRow`, :func:`sign_tree_head`).
+:class:`AuditLog` reads it back: verify, export, receipts.
+
+The audit key
+-------------
+One Ed25519 key per log signs every entry and tree head, whoever writes it (the
+coordinator service, the in-process simulation, an admin command such as
+``fedshield participants release`` run on the coordinator host). It is
+``<workdir>/audit.key`` (PKCS#8 PEM, mode 0600), generated on the first event, and its
+public half is written to ``<workdir>/audit.pub`` (hex), stored in the log's header and
+bound into the chain's anchor.
+
+It is deliberately not the coordinator kit's ``signing.key``: admin commands that only
+know the workdir must be able to append, and the kit key should not be copied. The
+trust consequence: whoever can read ``audit.key`` can sign a new history, exactly as
+whoever held the kit key could. What protects against that is outside the workdir: the
+public key and tree heads participants keep in their receipts, and ``fedshield audit
+verify --public-key`` pinned to a value published out of band. ``audit.pub`` sitting
+next to the database only protects against someone who can edit the database but not
+the files beside it. Endorsing the audit key with the kit's certified identity key is
+not built yet.
+
+Entries written before the audit log existed (an older workdir) are *adopted*: chained
+and signed at the first new event, in id order, and counted in the header. They were
+never protected before that moment. Later, an event row that some process inserts
+without a chain link is never adopted; ``verify`` reports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Final
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from sqlalchemy import String, exists, select, type_coerce
+from sqlalchemy.orm import Session
+
+from fedshield.audit.entry import (
+    Entry,
+    anchor_hash,
+    chain_hash,
+    check_metadata,
+    public_key_bytes,
+    sign_entry,
+)
+from fedshield.audit.merkle import MerkleAccumulator
+from fedshield.audit.receipt import Receipt, TreeHead, receipt_for
+from fedshield.audit.receipt import sign_tree_head as _sign_head
+from fedshield.audit.verify import ChainRecord, VerifyReport, verify_log
+from fedshield.errors import AuditError, ConfigError, IdentityError, NotFoundError, StorageError
+from fedshield.identity.pki import load_signing_key, write_private_key
+from fedshield.storage.db import (
+    AuditChainRow,
+    AuditLogRow,
+    Database,
+    EventRow,
+    TreeHeadRow,
+    check_utc,
+)
+
+__all__ = [
+    "AUDIT_KEY_FILE",
+    "AUDIT_PUB_FILE",
+    "AuditLog",
+    "StoredEntry",
+    "audit_key",
+    "chain_events",
+    "parse_public_key",
+    "read_public_key",
+    "sign_tree_head",
+]
+
+AUDIT_KEY_FILE: Final = "audit.key"
+AUDIT_PUB_FILE: Final = "audit.pub"
+_HEADER_ID: Final = 1
+
+
+def parse_public_key(text: str) -> ed25519.Ed25519PublicKey:
+    """Read an Ed25519 public key written as 64 hex characters.
+
+    Raises
+    ------
+    ConfigError
+        If ``text`` is not 32 bytes of hex.
+    """
+    try:
+        raw = bytes.fromhex(text.strip())
+        if len(raw) != 32:
+            raise ValueError(len(raw))
+        return ed25519.Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError as exc:
+        raise ConfigError(
+            "an audit public key is 64 hex characters (32 bytes)",
+            hint="Copy it from <workdir>/audit.pub or a receipt's public_key.",
+        ) from exc
+
+
+def audit_key(db: Database) -> ed25519.Ed25519PrivateKey:
+    """Return the key that signs ``db``'s audit log, creating it on first use.
+
+    With ``db.audit_key_path`` the key is loaded from that file, or generated and
+    written there (0600) with its public half beside it (``audit.pub``). Without a path
+    it is generated once per :class:`Database` object.
+
+    Raises
+    ------
+    IdentityError
+        If the key file exists but is unreadable, readable by others, or not Ed25519.
+    """
+    cached = db.audit_cache.get("key")
+    if isinstance(cached, ed25519.Ed25519PrivateKey):
+        return cached
+    path = db.audit_key_path
+    if path is None:
+        key = ed25519.Ed25519PrivateKey.generate()
+    elif path.exists():
+        key = load_signing_key(path)
+    else:
+        key = ed25519.Ed25519PrivateKey.generate()
+        try:
+            write_private_key(path, key)
+        except IdentityError:
+            if not path.exists():
+                raise
+            key = load_signing_key(path)  # another process created it first
+        pub = path.with_name(AUDIT_PUB_FILE)
+        if not pub.exists():
+            tmp = pub.with_name(f".{pub.name}.{os.getpid()}.tmp")
+            tmp.write_text(public_key_bytes(key.public_key()).hex() + "\n")
+            tmp.replace(pub)
+    db.audit_cache["key"] = key
+    return key
+
+
+def _header(
+    session: Session, db: Database, key: ed25519.Ed25519PrivateKey, first: Sequence[EventRow]
+) -> tuple[str, list[EventRow]]:
+    """Return the log's federation (creating the header) and legacy rows to adopt first."""
+    pub = public_key_bytes(key.public_key()).hex()
+    header = session.get(AuditLogRow, _HEADER_ID)
+    if header is None:
+        if session.scalar(select(AuditChainRow.seq).limit(1)) is not None:
+            raise StorageError(
+                "the audit log has entries but no header: it was tampered with; refusing to append",
+                hint="Run `fedshield audit verify --workdir W` and keep the workdir as evidence.",
+            )
+        new_ids = [r.id for r in first]
+        legacy = list(
+            session.scalars(
+                select(EventRow).where(EventRow.id.not_in(new_ids)).order_by(EventRow.id)
+            )
+        )
+        header = AuditLogRow(
+            id=_HEADER_ID,
+            federation=db.federation or "",
+            public_key=pub,
+            created_at=first[0].time,
+            adopted=len(legacy),
+        )
+        session.add(header)
+        return header.federation, legacy
+    if header.public_key != pub:
+        raise IdentityError(
+            f"this audit log is signed by key {header.public_key[:16]}..., not by this "
+            f"process's audit key {pub[:16]}...; refusing to append",
+            hint="Run on the coordinator host with the workdir's own audit.key.",
+        )
+    if db.federation is not None and header.federation != db.federation:
+        raise ConfigError(
+            f"this workdir's audit log belongs to federation {header.federation!r}, "
+            f"not {db.federation!r}",
+            hint="Use a fresh --workdir for another federation.",
+        )
+    return header.federation, []
+
+
+def chain_events(session: Session, db: Database, rows: Sequence[EventRow]) -> None:
+    """Chain and sign ``rows`` (flushed event rows) inside the caller's transaction.
+
+    Call it in a write transaction (``db.transaction(write=True)``) right after the rows
+    are flushed, so the entries commit with them or not at all, and no other writer can
+    take the same ``seq`` in between.
+
+    Raises
+    ------
+    ValueError
+        If a row's metadata fails :func:`~fedshield.audit.entry.check_metadata`.
+    IdentityError, ConfigError, StorageError
+        If the log belongs to another key or federation, or its header is gone.
+    """
+    if not rows:
+        return
+    for row in rows:
+        check_metadata(row.details)
+    key = audit_key(db)
+    federation, legacy = _header(session, db, key, rows)
+    last = session.execute(
+        select(AuditChainRow.seq, AuditChainRow.entry_hash)
+        .order_by(AuditChainRow.seq.desc())
+        .limit(1)
+    ).first()
+    if last is None:
+        seq = 0
+        prev = anchor_hash(federation=federation, public_key=public_key_bytes(key.public_key()))
+    else:
+        seq, prev = last[0], bytes.fromhex(last[1])
+    for row in [*legacy, *rows]:
+        seq += 1
+        entry = _entry(seq, row)
+        entry_hash = chain_hash(prev, entry)
+        signature = sign_entry(key, federation=federation, seq=seq, entry_hash=entry_hash)
+        session.add(
+            AuditChainRow(
+                seq=seq, event_id=row.id, entry_hash=entry_hash.hex(), signature=signature.hex()
+            )
+        )
+        prev = entry_hash
+
+
+def _entry(seq: int, row: EventRow) -> Entry:
+    return Entry(
+        seq=seq,
+        time=row.time,
+        actor=row.actor,
+        action=row.action,
+        resource=row.resource,
+        outcome=row.outcome,
+        metadata=row.details,
+    )
+
+
+def sign_tree_head(db: Database, *, round: int, now: datetime) -> TreeHead:
+    """Sign and store the tree head of the whole log as it is now.
+
+    Parameters
+    ----------
+    db
+        The database.
+    round
+        The round just committed (recorded in the head).
+    now
+        When (timezone-aware; stored beside the head, not signed).
+
+    Returns
+    -------
+    TreeHead
+        The signed head. Costs one pass over the stored entry hashes.
+    """
+    now = check_utc(now)
+    key = audit_key(db)
+    with db.transaction(write=True) as session:
+        header = session.get(AuditLogRow, _HEADER_ID)
+        if header is None:
+            raise StorageError("the audit log is empty: there is no tree to sign")
+        acc = MerkleAccumulator()
+        for (digest,) in session.execute(
+            select(AuditChainRow.entry_hash).order_by(AuditChainRow.seq)
+        ):
+            acc.append(bytes.fromhex(digest))
+        head = _sign_head(
+            key, federation=header.federation, round=round, size=acc.size, root=acc.root()
+        )
+        session.add(
+            TreeHeadRow(
+                round=round,
+                size=head.size,
+                root=head.root.hex(),
+                signature=head.signature.hex(),
+                created_at=now,
+            )
+        )
+    return head
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    """One chain link as read back, with the entry it links to.
+
+    Attributes
+    ----------
+    seq
+        The position stored with the link.
+    entry
+        The entry, or ``None`` if its content row is gone or unreadable.
+    event_id
+        The event row the link refers to.
+    entry_hash, signature
+        Hex, as stored.
+    """
+
+    seq: int
+    entry: Entry | None
+    event_id: int
+    entry_hash: str
+    signature: str
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the JSON line written by ``fedshield audit export``."""
+        body = (
+            self.entry.to_json() if self.entry is not None else {"seq": self.seq, "missing": True}
+        )
+        return {**body, "entry_hash": self.entry_hash, "signature": self.signature}
+
+    def record(self) -> ChainRecord:
+        """Return the verifier's view of this link."""
+        return ChainRecord(
+            seq=self.seq,
+            entry=self.entry,
+            entry_hash=_unhex(self.entry_hash),
+            signature=_unhex(self.signature),
+        )
+
+
+def _raw_entry(seq: int, values: Sequence[Any]) -> Entry | None:
+    """Build an entry from raw column values; ``None`` if they no longer parse.
+
+    The columns are read without SQLAlchemy's type processing, so a tampered timestamp
+    or JSON document makes this entry fail verification instead of crashing the reader.
+    """
+    time, actor, action, resource, outcome, details = values
+    try:
+        if isinstance(time, str):
+            time = datetime.fromisoformat(time)
+        if not isinstance(time, datetime):
+            return None
+        if time.tzinfo is None:
+            time = time.replace(tzinfo=UTC)
+        if isinstance(details, str | bytes):
+            details = json.loads(details)
+        if not isinstance(details, dict):
+            return None
+        return Entry(
+            seq=seq,
+            time=time,
+            actor=str(actor),
+            action=str(action),
+            resource=str(resource),
+            outcome=str(outcome),
+            metadata=details,
+        )
+    except ValueError:
+        return None
+
+
+class AuditLog:
+    """Read access to a database's audit log: verify, export, receipts.
+
+    Parameters
+    ----------
+    db
+        The database.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def header(self) -> tuple[str, str] | None:
+        """Return ``(federation, public key hex)`` from the log header, if it has one."""
+        with self._db.transaction() as session:
+            row = session.get(AuditLogRow, _HEADER_ID)
+            return None if row is None else (row.federation, row.public_key)
+
+    def entries(self, session: Session) -> Iterator[StoredEntry]:
+        """Yield every chain link with its entry, in ``seq`` order, inside ``session``."""
+        raw = [
+            type_coerce(column, String)
+            for column in (
+                EventRow.time,
+                EventRow.actor,
+                EventRow.action,
+                EventRow.resource,
+                EventRow.outcome,
+                EventRow.details,
+            )
+        ]
+        query = (
+            select(
+                AuditChainRow.seq,
+                AuditChainRow.event_id,
+                AuditChainRow.entry_hash,
+                AuditChainRow.signature,
+                EventRow.id,
+                *raw,
+            )
+            .outerjoin(EventRow, EventRow.id == AuditChainRow.event_id)
+            .order_by(AuditChainRow.seq)
+            .execution_options(yield_per=5000)
+        )
+        for row in session.execute(query):
+            seq, event_id, entry_hash, signature, found = row[:5]
+            entry = None if found is None or seq < 1 else _raw_entry(seq, row[5:])
+            yield StoredEntry(seq, entry, event_id, entry_hash, signature)
+
+    def heads(self) -> list[TreeHead]:
+        """Return the stored tree heads, oldest first."""
+        header = self.header()
+        federation = "" if header is None else header[0]
+        with self._db.transaction() as session:
+            rows = session.scalars(select(TreeHeadRow).order_by(TreeHeadRow.id))
+            return [
+                TreeHead(
+                    federation=federation,
+                    round=r.round,
+                    size=r.size,
+                    root=_unhex(r.root),
+                    signature=_unhex(r.signature),
+                )
+                for r in rows
+            ]
+
+    def verify(
+        self,
+        public_key: ed25519.Ed25519PublicKey,
+        *,
+        external_heads: Sequence[TreeHead] = (),
+    ) -> VerifyReport:
+        """Verify the chain, every signature and every tree head with ``public_key``.
+
+        Parameters
+        ----------
+        public_key
+            The audit public key the verifier trusts (never taken from the database).
+        external_heads
+            Tree heads from participants' receipts, for truncation and rewrites.
+
+        Raises
+        ------
+        AuditError
+            Naming the first bad entry and the check that failed.
+        """
+        header = self.header()
+        heads = self.heads()
+        with self._db.transaction() as session:
+            unchained = list(
+                session.scalars(
+                    select(EventRow.id)
+                    .where(~exists().where(AuditChainRow.event_id == EventRow.id))
+                    .order_by(EventRow.id)
+                )
+            )
+            if header is None and session.scalar(select(AuditChainRow.seq).limit(1)) is not None:
+                raise AuditError(
+                    "audit log verification failed at log: header: the header row "
+                    "(federation and key) is missing",
+                    check="header",
+                )
+            return verify_log(
+                (item.record() for item in self.entries(session)),
+                federation="" if header is None else header[0],
+                public_key=public_key,
+                heads=heads,
+                external_heads=external_heads,
+                unchained=unchained,
+            )
+
+    def export_jsonl(self, out: IO[str]) -> int:
+        """Write every entry as one JSON line (entry fields, ``entry_hash``, ``signature``).
+
+        Returns
+        -------
+        int
+            How many lines were written.
+        """
+        count = 0
+        with self._db.transaction() as session:
+            for item in self.entries(session):
+                out.write(json.dumps(item.to_json(), sort_keys=True) + "\n")
+                count += 1
+        return count
+
+    def receipt(self, participant: str, round: int) -> Receipt:
+        """Return ``participant``'s receipt for its contribution to committed ``round``.
+
+        The entry is the round's ``round.contribution`` event for the participant; the
+        head is the last tree head signed for that round.
+
+        Raises
+        ------
+        NotFoundError
+            If the participant has no contribution entry or the round no tree head.
+        AuditError
+            If the stored log does not reproduce the head (verify it).
+        """
+        header = self.header()
+        if header is None:
+            raise NotFoundError("the audit log is empty")
+        federation, public_hex = header
+        with self._db.transaction() as session:
+            candidates = session.execute(
+                select(AuditChainRow.seq, EventRow.details)
+                .join(EventRow, EventRow.id == AuditChainRow.event_id)
+                .where(
+                    EventRow.action == "round.contribution",
+                    EventRow.resource == f"participant/{participant}",
+                )
+                .order_by(AuditChainRow.seq)
+            ).all()
+            seqs = [seq for seq, details in candidates if details.get("round") == round]
+            if not seqs:
+                raise NotFoundError(
+                    f"no contribution of {participant!r} to round {round} in the audit log",
+                    hint="Receipts exist for committed rounds a participant's update was in.",
+                )
+            seq = seqs[-1]
+            head_row = session.scalars(
+                select(TreeHeadRow)
+                .where(TreeHeadRow.round == round, TreeHeadRow.size >= seq)
+                .order_by(TreeHeadRow.id.desc())
+                .limit(1)
+            ).first()
+            if head_row is None:
+                raise NotFoundError(f"round {round} has no signed tree head yet")
+            links = [item for item in self.entries(session) if item.seq <= head_row.size]
+        public_key = parse_public_key(public_hex)
+        hashes = [_unhex(item.entry_hash) for item in links]
+        mine = links[seq - 1] if len(links) >= seq else None
+        if mine is None or mine.seq != seq or mine.entry is None:
+            raise AuditError(f"cannot issue a receipt: entry {seq} is damaged; verify the log")
+        prev = (
+            anchor_hash(federation=federation, public_key=public_key_bytes(public_key))
+            if seq == 1
+            else hashes[seq - 2]
+        )
+        head = TreeHead(
+            federation=federation,
+            round=head_row.round,
+            size=head_row.size,
+            root=_unhex(head_row.root),
+            signature=_unhex(head_row.signature),
+        )
+        try:
+            return receipt_for(
+                entry=mine.entry,
+                prev_hash=prev,
+                signature=_unhex(mine.signature),
+                entry_hashes=hashes,
+                head=head,
+                public_key=public_key,
+            )
+        except ValueError as exc:
+            raise AuditError(
+                f"cannot issue a receipt: {exc}", hint="Run `fedshield audit verify` first."
+            ) from exc
+
+
+def _unhex(text: object) -> bytes:
+    try:
+        return bytes.fromhex(str(text))
+    except ValueError:
+        return b""  # a corrupted hex field then fails its signature or hash check
+
+
+def read_public_key(path: Path) -> ed25519.Ed25519PublicKey:
+    """Read an ``audit.pub`` file (64 hex characters).
+
+    Raises
+    ------
+    ConfigError
+        If it is missing or malformed.
+    """
+    try:
+        return parse_public_key(path.read_text())
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the audit public key {path}: {exc.strerror or exc}",
+            hint="Pass --public-key HEX (from a receipt or the coordinator operator).",
+        ) from exc
