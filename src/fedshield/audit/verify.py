@@ -193,7 +193,9 @@ def verify_log(
                 check="sequence",
             )
         if record.entry is None:
-            raise _fail("its content is missing (row deleted)", seq=seq, check="missing entry")
+            raise _fail(
+                "its content is missing (row deleted) or unreadable", seq=seq, check="missing entry"
+            )
         try:
             verify_entry_signature(
                 public_key,
