@@ -120,6 +120,7 @@ def first_demo(demo_root: Path) -> DemoRun:
 def test_demo_trains_a_good_model_and_reports_it_as_json(first_demo: DemoRun) -> None:
     summary = first_demo.summary()
     assert summary["rounds_completed"] == 10
+    assert summary["audit_verified"] is True and summary["audit_entries"] > 10
     # Sample-level DP at epsilon 8 on ~290 records per site costs accuracy: measured
     # 0.71 to 0.86 over runs (the last round's noise moves it), 0.95 without DP.
     assert summary["final_accuracy"] >= 0.6

@@ -113,7 +113,9 @@ def canonical_time(time: datetime) -> str:
     """
     if time.tzinfo is None or time.tzinfo.utcoffset(time) is None:
         raise ValueError(f"time must be timezone-aware, got {time!r}")
-    return time.astimezone(UTC).strftime(_TIME_FORMAT)
+    # isoformat, not strftime (several times faster); same text as _TIME_FORMAT.
+    utc = time.astimezone(UTC).replace(tzinfo=None)
+    return utc.isoformat(timespec="microseconds") + "Z"
 
 
 def canonical_json(value: object) -> bytes:

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from fedshield.config import FederationConfig
-from fedshield.errors import ConfigError, RoundFailedError, TransportError
+from fedshield.errors import ConfigError, FedshieldError, RoundFailedError, TransportError
 from fedshield.federation.coordinator import privacy_report, round_entry, utcnow
 from fedshield.federation.kits import absolute_data_paths, provision_federation, write_config
 from fedshield.identity import Kit, client_ssl_context
 from fedshield.storage import Database, EventLog, ModelRegistry, RoundLog
+from fedshield.storage.audit import AUDIT_PUB_FILE, AuditLog, read_public_key
 from fedshield.storage.blobs import BlobStore
 from fedshield.transport.client import CoordinatorClient
 
@@ -264,6 +265,15 @@ def _finished_rounds(coordinator_workdir: Path) -> list[dict[str, Any]]:
         db.close()
 
 
+def _audit_summary(db: Database, workdir: Path) -> dict[str, Any]:
+    """Verify the coordinator's audit log against its ``audit.pub``, for the summary."""
+    try:
+        report = AuditLog(db).verify(read_public_key(workdir / AUDIT_PUB_FILE))
+    except FedshieldError as exc:
+        return {"audit_verified": False, "audit_entries": None, "audit_error": exc.message}
+    return {"audit_verified": True, "audit_entries": report.entries}
+
+
 def summarize(coordinator_workdir: Path, *, config: FederationConfig) -> dict[str, Any]:
     """Build the summary from what the coordinator committed to its database."""
     db = Database.for_workdir(coordinator_workdir)
@@ -297,6 +307,7 @@ def summarize(coordinator_workdir: Path, *, config: FederationConfig) -> dict[st
             "privacy": privacy_report(rounds),
             # Evidence, not intent: rounds whose sum SecAgg+ actually produced.
             "secure_rounds": sum(e.action == "secagg.finish" for e in EventLog(db).list()),
+            **_audit_summary(db, coordinator_workdir),
         }
     finally:
         db.close()
