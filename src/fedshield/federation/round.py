@@ -556,6 +556,7 @@ class RoundMachine:
     ) -> RoundRetried | FederationFailed:
         number, attempt = self._round_number(kind), self._attempt
         self._open = None
+        self._pending_clip = None  # an adaptive bound from a round that is not committed
         self._waiting_since = None
         self._failures += 1
         self._attempt += 1
