@@ -607,6 +607,7 @@ def coordinator(
 
     service = CoordinatorService(core, config=cfg, on_report=report)
     bound = sock.getsockname()[1]
+    _record_listen(core, kit_obj, host=bind_host, port=bound)
     if not cfg.secure_aggregation.enabled:
         _out.print(_PLAIN_WARNING)
     if not cfg.privacy.enabled:
@@ -631,6 +632,31 @@ def coordinator(
     _out.print(
         f"federation {service.end.kind if service.end else 'stopped'}; "
         f"head is model version {core.machine.head.version}"
+    )
+
+
+def _record_listen(core: Any, kit: Any, *, host: str, port: int) -> None:
+    """Audit how the coordinator is reached: TLS 1.3, client certificates, its certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    from fedshield.federation.coordinator import utcnow
+
+    cert = x509.load_pem_x509_certificate(kit.cert_path.read_bytes())
+    ca = x509.load_pem_x509_certificate(kit.ca_path.read_bytes())
+    core.events.record(
+        actor=core.actor,
+        action="transport.listen",
+        resource=f"https://{host}:{port}",
+        outcome="ok",
+        details={
+            "tls": "TLSv1.3",
+            "client_certificates": "required",
+            "certificate_sha256": cert.fingerprint(hashes.SHA256()).hex(),
+            "certificate_not_after": cert.not_valid_after_utc.isoformat(),
+            "ca_sha256": ca.fingerprint(hashes.SHA256()).hex(),
+        },
+        now=utcnow(),
     )
 
 
@@ -1195,6 +1221,179 @@ def audit_receipt(
     else:
         out.write_text(text)
         _err.print(f"receipt for {escape(participant)} round {round} written to {escape(str(out))}")
+
+
+# -- compliance -----------------------------------------------------------------------------
+
+compliance_app = typer.Typer(
+    help="HIPAA and GDPR evidence from the audit log, the privacy ledger and the certificates.",
+    no_args_is_help=True,
+)
+app.add_typer(compliance_app, name="compliance")
+
+ComplianceConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", help="The federation TOML (default: WORKDIR/../federation.toml if present)."
+    ),
+]
+KitsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--kits",
+        help="The `fedshield provision --out` folder, the certificate store (default: "
+        "WORKDIR/../kits if present).",
+    ),
+]
+RotationOpt = Annotated[
+    int,
+    typer.Option(
+        "--rotation-days",
+        min=1,
+        max=36500,
+        help="Key rotation policy: a certificate older than this is a warning.",
+    ),
+]
+
+
+def _compliance(
+    workdir: Path,
+    config: Path | None,
+    kits: Path | None,
+    public_key: str | None,
+    rotation_days: int,
+) -> tuple[Any, Any]:
+    from fedshield.compliance import build_report, read_snapshot, resolve_workdir
+    from fedshield.federation.coordinator import utcnow
+
+    root = resolve_workdir(workdir)
+    key = None if public_key is None else _trusted_key(root, public_key)
+    snapshot = read_snapshot(
+        root, now=utcnow(), config=config, kits=kits, public_key=key, rotation_days=rotation_days
+    )
+    return snapshot, build_report(snapshot)
+
+
+def _print_controls(console: Console, report: Any) -> None:
+    colours = {"pass": "green", "warn": "yellow", "fail": "red"}
+    view = Table(title=f"compliance controls: {escape(report.federation or report.workdir)}")
+    view.add_column("control")
+    view.add_column("status")
+    view.add_column("evidence")
+    for result in report.controls:
+        bad = [e.id for e in result.evidence if e.status != "pass"] + list(result.missing)
+        view.add_row(
+            escape(result.control.key),
+            f"[{colours[result.status]}]{result.status}[/]",
+            escape(", ".join(bad) if bad else "all pass"),
+        )
+    console.print(view)
+    for item in report.evidence:
+        if item.status != "pass":
+            console.print(
+                f"[{colours[item.status]}]{item.status}[/] {escape(item.id)}: "
+                f"{escape(item.summary)}",
+                soft_wrap=True,
+            )
+
+
+@compliance_app.command("report")
+def compliance_report(
+    workdir: WorkdirOpt = Path("fedshield-coordinator"),
+    out: Annotated[Path, typer.Option("--out", help="Where to write the HTML report.")] = Path(
+        "compliance-report.html"
+    ),
+    json_path: JsonOpt = None,
+    config: ComplianceConfigOpt = None,
+    kits: KitsOpt = None,
+    public_key: PublicKeyOpt = None,
+    rotation_days: RotationOpt = 365,
+) -> None:
+    """Build the compliance report: every control with pass, warn or fail and its evidence.
+
+    Reads the audit log (verified), the privacy ledger, the model registry, the
+    certificates and the config; never model weights or updates.
+    """
+    from fedshield.compliance import charts, render_html
+
+    console = _console(json_path)
+    snapshot, report = _compliance(workdir, config, kits, public_key, rotation_days)
+    page = render_html(report, charts(snapshot))
+    try:
+        out.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the report {out}: {exc.strerror or exc}",
+            hint="Pass --out a path in a writable directory.",
+        ) from exc
+    _print_controls(console, report)
+    console.print(f"report written to {escape(str(out))}", soft_wrap=True)
+    if json_path is not None:
+        try:
+            _emit_json(json_path, {**report.to_json(), "html": str(out)})
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the JSON report {json_path}: {exc.strerror or exc}",
+                hint="Pass --json a path in a writable directory, or '-' for stdout.",
+            ) from exc
+
+
+@compliance_app.command("check")
+def compliance_check(
+    workdir: WorkdirOpt = Path("fedshield-coordinator"),
+    require: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--require",
+            help="A control that must not fail, e.g. 'HIPAA 164.312(b)' or 'GDPR Art. 25' "
+            "(repeatable; default: every control).",
+        ),
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Treat a warning as a failure too.")
+    ] = False,
+    json_path: JsonOpt = None,
+    config: ComplianceConfigOpt = None,
+    kits: KitsOpt = None,
+    public_key: PublicKeyOpt = None,
+    rotation_days: RotationOpt = 365,
+) -> None:
+    """Exit non-zero (12) when a required control fails: a continuous check for CI."""
+    from fedshield.compliance import CONTROLS
+    from fedshield.errors import ComplianceError
+
+    known = {c.key: c for c in CONTROLS}
+    wanted = list(known) if not require else require
+    unknown = [key for key in wanted if key not in known]
+    if unknown:
+        raise ConfigError(
+            f"unknown control {unknown[0]!r}",
+            hint="Controls: " + "; ".join(known),
+        )
+    console = _console(json_path)
+    _, report = _compliance(workdir, config, kits, public_key, rotation_days)
+    bad_statuses = {"fail", "warn"} if strict else {"fail"}
+    failing = [
+        r.control.key
+        for r in report.controls
+        if r.control.key in wanted and r.status in bad_statuses
+    ]
+    _print_controls(console, report)
+    if json_path is not None:
+        _emit_json(
+            json_path,
+            {
+                "ok": not failing,
+                "required": wanted,
+                "failing": failing,
+                "controls": {r.control.key: r.status for r in report.controls},
+            },
+        )
+    if failing:
+        raise ComplianceError(
+            f"{len(failing)} required controls fail: {', '.join(failing)}",
+        )
+    console.print(f"OK: {len(wanted)} required controls hold")
 
 
 # -- entry point ----------------------------------------------------------------------------

@@ -17,7 +17,8 @@ CLI returns for it. Third-party exceptions are translated into this tree at one 
     ├── RoundFailedError          exit 8   a round failed after its retries (reason recorded)
     ├── TaskError                 exit 9   a user task could not be imported or misbehaved
     ├── BudgetExhaustedError      exit 10  a round would take a site over its privacy budget
-    └── AuditError                exit 11  an audit signature, hash, proof or log failed
+    ├── AuditError                exit 11  an audit signature, hash, proof or log failed
+    └── ComplianceError           exit 12  a required compliance control fails
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 __all__ = [
     "AuditError",
     "BudgetExhaustedError",
+    "ComplianceError",
     "ConfigError",
     "FedshieldError",
     "IdentityError",
@@ -171,3 +173,10 @@ class AuditError(FedshieldError):
         super().__init__(message, hint=hint)
         self.seq = seq
         self.check = check
+
+
+class ComplianceError(FedshieldError):
+    """A required compliance control fails (``fedshield compliance check``)."""
+
+    exit_code = 12
+    default_hint = "Run `fedshield compliance report` to see the evidence behind each control."

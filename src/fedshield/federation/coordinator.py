@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 import math
 import threading
 import time
@@ -90,9 +92,11 @@ __all__ = [
     "SECURE_STAGES",
     "Committed",
     "Coordinator",
+    "config_digest",
     "data_spec",
     "privacy_report",
     "round_entry",
+    "security_settings",
     "utcnow",
 ]
 
@@ -327,6 +331,40 @@ class _Timing:
     aggregate_s: float = 0.0
 
 
+def config_digest(config: FederationConfig) -> str:
+    """SHA3-256 (hex) of the validated config in canonical JSON (sorted keys).
+
+    Recorded at every coordinator start, so an auditor can tell which settings a run
+    used and whether they changed between restarts.
+    """
+    text = json.dumps(
+        config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), allow_nan=False
+    )
+    return hashlib.sha3_256(text.encode()).hexdigest()
+
+
+def security_settings(config: FederationConfig) -> dict[str, Any]:
+    """Return the settings that decide what is protected, as recorded in ``coordinator.start``.
+
+    Metadata only (modes, bounds and budgets); the compliance report reads them back.
+    """
+    secure = config.secure_aggregation
+    privacy = config.privacy
+    pdp = config.participant_dp
+    return {
+        "secure_aggregation": secure.enabled,
+        "secagg_min_group_size": secure.min_group_size,
+        "privacy_mode": privacy.mode,
+        "privacy_target_epsilon": privacy.target_epsilon if privacy.enabled else None,
+        "privacy_target_delta": privacy.target_delta if privacy.enabled else None,
+        "privacy_max_grad_norm": privacy.max_grad_norm if privacy.enabled else None,
+        "participant_dp_noise": pdp.noise,
+        "participant_dp_clipping": pdp.clipping if pdp.noise != "off" else None,
+        "robust_rule": config.robust.rule,
+        "rounds": config.rounds.count,
+    }
+
+
 class Coordinator:
     """Round orchestration with persistence, for one federation in one workdir."""
 
@@ -424,6 +462,8 @@ class Coordinator:
                 "completed_rounds": completed,
                 "aborted": aborted,
                 "secure_aggregation": secure,
+                "config_sha3": config_digest(config),
+                "settings": security_settings(config),
             },
             now=now,
         )
