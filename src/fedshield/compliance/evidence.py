@@ -388,6 +388,8 @@ def masking(snapshot: Snapshot) -> Evidence:
     policies: dict[str, set[str]] = defaultdict(set)
     for event in snapshot.events:
         digest = event.details.get(_MASKING_KEY)
+        if event.action == "masking.policy":
+            digest = event.details.get("policy_sha3")
         if isinstance(digest, str):
             who = event.details.get("participant")
             name = (
