@@ -11,8 +11,11 @@ For every ``n`` and rule, the same float32 updates (``d`` values each, like a mo
   reads it twice, for the distances and for the average); the other rules convert the
   whole matrix first (``fedshield_float64_conversion`` says which);
 * **the physical limit of a distance-based rule**: one Gram product ``X @ X.T`` of the
-  float64 ``(n, d)`` matrix (``gram_s``). Every pairwise distance needs it; Krum and
-  Multi-Krum need little else;
+  float64 ``(n, d)`` matrix (``gram_s``), which numpy hands to BLAS ``dsyrk`` on its
+  default threads. Every pairwise distance in float64 needs it; Krum and Multi-Krum
+  need little else. The float64 copy is made before timing, so ``gram_s`` leaves out
+  the conversion that ``fedshield_s`` includes, and it runs interleaved with each
+  rule's own runs, so the ratio compares times taken under the same load;
 * **Flower** (``flwr``), where it has the rule, in the same run and interleaved with
   fedshield: the legacy functions of ``flwr.server.strategy.aggregate``
   (``aggregate``, ``aggregate_median``, ``aggregate_trimmed_avg``, ``aggregate_krum``,
@@ -28,7 +31,10 @@ every rule (Bulyan's assumption is the strictest) runs with the same ``f``; ``me
 which is not robust, runs with ``f = 0``. Each timing is the median over ``--repeats``
 runs, except a Flower function whose first run exceeds ``--flower-budget-s``, which runs
 once (``flower_repeats``). The garbage collector runs before every timed call. Compare
-the ratios of one run, never seconds across runs (fields: ``benchmarks/README.md``)::
+the ratios of one run, never seconds across runs (fields: ``benchmarks/README.md``).
+``blas_threads`` is numpy's BLAS thread count as threadpoolctl reports it, and
+``fedshield_threads`` the threads that the Krum family's column blocks ran on (BLAS is
+held to one thread meanwhile; ``fedshield.robust._distances``)::
 
     .venv/bin/python benchmarks/robust.py
     .venv/bin/python benchmarks/robust.py --n 50 --rules krum,multi_krum --repeats 5
@@ -48,6 +54,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from threadpoolctl import ThreadpoolController
 
 from fedshield import robust
 from fedshield.errors import FedshieldError
@@ -96,6 +103,12 @@ def minor_faults() -> int:
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
+
+
+def blas_threads() -> list[int]:
+    """numpy's BLAS thread count (one entry per BLAS library loaded, as threadpoolctl sees)."""
+    libraries = ThreadpoolController().select(user_api="blas").info()
+    return [int(lib["num_threads"]) for lib in libraries]
 
 
 def flat(layers: Any) -> Array:
@@ -236,11 +249,12 @@ def krum_steps(rule: str, x32: Array, f: int) -> dict[str, float]:
     ``prepare_unchecked`` checks the shape and the arguments (no conversion, no pass over
     the values); ``pairwise_sq_distances`` is the one pass over the float32 data: per
     column block, the column extremes (the midrange, and the NaN/Inf check), the
-    conversion to float64 with the centring, and the Gram product, then clamping and
-    symmetrizing. ``extremes`` times that function's per-block ``max``/``min`` and check
-    again on their own; ``scores_rank`` is ``krum_scores`` and ``rank``; ``output`` is
-    the rest (the chosen row converted, the block-wise weighted mean of the selected
-    rows, or Bulyan's coordinate step ``_closest_to_median_mean``). Bulyan has ``select``
+    conversion to float64 with the centring, and the Gram product, on the lanes'
+    threads, then clamping and symmetrizing. ``extremes`` times that function's
+    per-block ``max``/``min`` and check again on their own, on the calling thread only;
+    ``scores_rank`` is ``krum_scores`` and ``rank``; ``output`` is the rest (the chosen
+    row converted, the blocked mean of the selected rows ``weighted_sum``, or Bulyan's
+    coordinate step ``_closest_to_median_mean``). Bulyan has ``select``
     (``bulyan.select``: the distances, which it computes itself, and the iterated Krum
     rounds) instead of ``scores_rank``, so its steps add up as
     ``prepare_unchecked + select + output``.
@@ -281,9 +295,7 @@ def krum_steps(rule: str, x32: Array, f: int) -> dict[str, float]:
         chosen = order[: n - f]
 
         def mean_of_chosen() -> Array:
-            coefficients = np.zeros(n)
-            coefficients[chosen] = 1.0
-            return _distances.weighted_sum(coefficients / coefficients.sum(), x)
+            return _distances.weighted_sum(x, chosen, np.full(len(chosen), 1.0 / len(chosen)))
 
         steps["output"], _ = timed(mean_of_chosen)
     return steps
@@ -330,7 +342,7 @@ def case(
     x64: Array,
     f: int,
     *,
-    limits: dict[str, float],
+    to_float64_s: float,
     repeats: int,
     budget_s: float,
     with_steps: bool,
@@ -351,7 +363,8 @@ def case(
         lambda: robust.aggregate(rule, x64, num_byzantine=f, **params),
         None,
     )
-    sides = [ours, ours64]
+    gram = Side("gram", "numpy X @ X.T, float64 X", lambda: x64 @ x64.T, None)
+    sides = [gram, ours, ours64]
 
     legacy = flower_legacy(rule, n, f)
     flower: Side | None = None
@@ -382,7 +395,7 @@ def case(
         )
 
     fedshield_s = ours.median_s
-    gram_s = limits["gram_s"]
+    gram_s = gram.median_s
     row: dict[str, Any] = {
         "benchmark": "robust",
         "n": n,
@@ -404,8 +417,15 @@ def case(
         ),
         "fedshield_f64_input_s": ours64.median_s,
         "fedshield_f64_input_runs_s": ours64.runs,
-        "to_float64_s": limits["to_float64_s"],
+        "to_float64_s": to_float64_s,
         "gram_s": gram_s,
+        "gram_runs_s": gram.runs,
+        "blas_threads": blas_threads(),
+        "fedshield_threads": (
+            _distances._workers(-(-d // _distances._step(n)))
+            if rule in ("krum", "multi_krum", "bulyan")
+            else None
+        ),
         "ratio_to_gram": ratio(fedshield_s, gram_s),
         "ratio_to_gram_f64_input": ratio(ours64.median_s, gram_s),
     }
@@ -465,9 +485,8 @@ def run_n(n: int, d: int, f: int, rules: list[str], args: argparse.Namespace) ->
     for _ in range(args.repeats):
         seconds, x64 = timed(lambda: x32.astype(np.float64))
         conversions.append(seconds)
-    grams = [timed(lambda: x64 @ x64.T)[0] for _ in range(args.repeats)]
-    limits = {"to_float64_s": statistics.median(conversions), "gram_s": statistics.median(grams)}
-    log(f"n={n}: to_float64 {limits['to_float64_s']:.3f}s, gram {limits['gram_s']:.3f}s")
+    to_float64_s = statistics.median(conversions)
+    log(f"n={n}: to_float64 {to_float64_s:.3f}s")
     failed = False
     for rule in rules:
         try:
@@ -476,7 +495,7 @@ def run_n(n: int, d: int, f: int, rules: list[str], args: argparse.Namespace) ->
                 x32,
                 x64,
                 f,
-                limits=limits,
+                to_float64_s=to_float64_s,
                 repeats=args.repeats,
                 budget_s=args.flower_budget_s,
                 with_steps=not args.no_steps,
