@@ -238,7 +238,7 @@ def weighted_sum(x: Floats, rows: Sequence[int] | Index, coefficients: Vector) -
     float64 sum ``x[rows[0]] + x[rows[1]] + ...`` from left to right, the result is
     ``c * s`` if every coefficient equals ``c``, and otherwise the left-to-right sum of
     ``coefficients[j] * x[rows[j]]``. Only the given rows are read, once, in column
-    blocks of ``2**15`` columns dealt to the lanes (module docstring); a float32 row is
+    blocks of ``2**16`` columns dealt to the lanes (module docstring); a float32 row is
     converted to float64 as it is added, so the result is that of the float64 copy bit
     for bit, whatever the layout of ``x`` and however many threads ran.
     """
@@ -246,7 +246,7 @@ def weighted_sum(x: Floats, rows: Sequence[int] | Index, coefficients: Vector) -
     order = [int(row) for row in rows]
     weights = [np.float64(c) for c in coefficients]  # float64 scalars: float64 products
     uniform = min(weights) == max(weights)
-    step = max(1, _BLOCK_ELEMENTS // 8)
+    step = max(1, _BLOCK_ELEMENTS // 4)
     starts = range(0, d, step)
     result = np.empty(d)
 
