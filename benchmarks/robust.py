@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import resource
 import statistics
 import sys
@@ -97,12 +98,25 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
+def timed_with_cpu(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    """Like :func:`timed`, with the CPU time of the whole process (every thread) too."""
+    gc.collect()
+    cpu = time.process_time()
+    start = time.perf_counter()
+    out = fn()
+    end = time.perf_counter()
+    return end - start, time.process_time() - cpu, out
+
+
 def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
+
+
+_BLAS = ThreadpoolController().select(user_api="blas")
 
 
 def blas_threads() -> list[int]:
@@ -315,6 +329,7 @@ class Side:
         self.fn = fn
         self.budget_s = budget_s
         self.runs: list[float] = []
+        self.cpu: list[float] = []
         self.faults: list[int] = []
         self.out: Any = None
 
@@ -322,7 +337,8 @@ class Side:
         if self.budget_s is not None and self.runs and self.runs[0] > self.budget_s:
             return  # too slow to repeat
         before = minor_faults()
-        seconds, out = timed(self.fn)
+        seconds, cpu, out = timed_with_cpu(self.fn)
+        self.cpu.append(cpu)
         self.faults.append(minor_faults() - before)
         self.runs.append(seconds)
         self.out = out
@@ -330,6 +346,10 @@ class Side:
     @property
     def median_s(self) -> float:
         return statistics.median(self.runs)
+
+    @property
+    def median_cpu_s(self) -> float:
+        return statistics.median(self.cpu)
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -348,6 +368,7 @@ def case(
     with_steps: bool,
 ) -> dict[str, Any]:
     n, d = x32.shape
+    load_before = os.getloadavg()[0]
     if rule == "mean":
         f = 0  # mean refuses num_byzantine > 0
     params = rule_params(rule, x32)
@@ -364,7 +385,16 @@ def case(
         None,
     )
     gram = Side("gram", "numpy X @ X.T, float64 X", lambda: x64 @ x64.T, None)
-    sides = [gram, ours, ours64]
+
+    def gram_on_one_thread() -> Array:
+        with _BLAS.limit(limits=1):
+            product: Array = x64 @ x64.T
+        return product
+
+    gram1 = Side(
+        "gram_1t", "numpy X @ X.T, float64 X, BLAS on one thread", gram_on_one_thread, None
+    )
+    sides = [gram, ours, ours64, gram1]
 
     legacy = flower_legacy(rule, n, f)
     flower: Side | None = None
@@ -394,6 +424,7 @@ def case(
             )
         )
 
+    load_after = os.getloadavg()[0]
     fedshield_s = ours.median_s
     gram_s = gram.median_s
     row: dict[str, Any] = {
@@ -428,6 +459,12 @@ def case(
         ),
         "ratio_to_gram": ratio(fedshield_s, gram_s),
         "ratio_to_gram_f64_input": ratio(ours64.median_s, gram_s),
+        "gram_1thread_s": gram1.median_s,
+        "ratio_to_gram_1thread": ratio(fedshield_s, gram1.median_s),
+        "fedshield_cpu_s": ours.median_cpu_s,
+        "gram_cpu_s": gram.median_cpu_s,
+        "gram_1thread_cpu_s": gram1.median_cpu_s,
+        "load_avg_1m": [load_before, load_after],
     }
     if with_steps and rule in ("krum", "multi_krum", "bulyan"):
         row["fedshield_steps_s"] = krum_steps(rule, x32, f)

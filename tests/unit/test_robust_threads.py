@@ -9,8 +9,12 @@ concurrent ones; a bad value found by the helper thread raises the usual Payload
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -119,3 +123,57 @@ def test_one_block_runs_on_the_calling_thread_without_touching_blas(
     x = updates(7, 100)
     robust.aggregate("krum", x, num_byzantine=2)
     robust.aggregate("multi_krum", x, num_byzantine=2)
+
+
+CHILD = """
+import sys
+import numpy as np
+from fedshield import robust
+from fedshield.robust import _distances
+
+_distances._BLOCK_ELEMENTS = 1 << 13
+x = np.load(sys.argv[1])
+blocks = -(-x.shape[1] // _distances._step(x.shape[0]))
+assert blocks > 1, blocks
+threads = [int(lib["num_threads"]) for lib in _distances._blas().info()]
+print(_distances._workers(blocks), threads)
+np.save(sys.argv[2], np.concatenate([
+    robust.aggregate("krum", x, num_byzantine=2),
+    robust.aggregate("multi_krum", x, num_byzantine=2),
+    _distances.pairwise_sq_distances(x).ravel(),
+]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("small_blocks")
+def test_a_process_with_single_threaded_blas_runs_one_lane_with_the_same_bits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``OMP_NUM_THREADS=1`` (as the launcher starts its children): BLAS on one thread,
+    so the lanes run on the calling thread only, and the outputs keep the bits of two
+    lanes on two threads here."""
+    x = updates(11, 6000, seed=9)
+    np.save(tmp_path / "x.npy", x)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tmp_path / "x.npy"), str(tmp_path / "out.npy")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.split() == ["1", "[1]"]
+    got = np.load(tmp_path / "out.npy")
+    on_threads(monkeypatch, 2)
+    assert _distances._workers(-(-x.shape[1] // _distances._step(11))) == 2
+    expected = np.concatenate(
+        [
+            robust.aggregate("krum", x, num_byzantine=2),
+            robust.aggregate("multi_krum", x, num_byzantine=2),
+            _distances.pairwise_sq_distances(x).ravel(),
+        ]
+    )
+    assert same_bits(got, expected)
