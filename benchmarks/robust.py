@@ -91,15 +91,24 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+# Seconds to wait before each timed call (--settle-s). After a call that ran on several
+# threads, OpenBLAS's worker threads busy-wait for 2**28 TSC cycles (0.11 s at this VM's
+# 2.4 GHz) before they sleep; without the pause the next side (fedshield right after the
+# Gram product, say) would share the cores with a spinning thread it did not start.
+SETTLE_S = [0.3]
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    gc.collect()
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
+    seconds, _, out = timed_with_cpu(fn)
+    return seconds, out
 
 
 def timed_with_cpu(fn: Callable[[], Any]) -> tuple[float, float, Any]:
-    """Like :func:`timed`, with the CPU time of the whole process (every thread) too."""
+    """Wall and CPU time of the whole process (every thread) for ``fn()``, and its output.
+
+    Waits ``SETTLE_S`` first and runs the garbage collector, both outside the clock.
+    """
+    time.sleep(SETTLE_S[0])
     gc.collect()
     cpu = time.process_time()
     start = time.perf_counter()
@@ -561,7 +570,15 @@ def main() -> None:
     parser.add_argument(
         "--no-steps", action="store_true", help="skip the sub-step run of the Krum family"
     )
+    parser.add_argument(
+        "--settle-s",
+        type=float,
+        default=SETTLE_S[0],
+        help="pause before each timed call, so BLAS threads spinning after the previous "
+        "side are asleep (default 0.3)",
+    )
     args = parser.parse_args()
+    SETTLE_S[0] = args.settle_s
     ns = [int(v) for v in args.n.split(",")]
     d = int(args.d)
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]
