@@ -11,8 +11,11 @@ For every ``n`` and rule, the same float32 updates (``d`` values each, like a mo
   reads it twice, for the distances and for the average); the other rules convert the
   whole matrix first (``fedshield_float64_conversion`` says which);
 * **the physical limit of a distance-based rule**: one Gram product ``X @ X.T`` of the
-  float64 ``(n, d)`` matrix (``gram_s``). Every pairwise distance needs it; Krum and
-  Multi-Krum need little else;
+  float64 ``(n, d)`` matrix (``gram_s``), which numpy hands to BLAS ``dsyrk`` on its
+  default threads. Every pairwise distance in float64 needs it; Krum and Multi-Krum
+  need little else. The float64 copy is made before timing, so ``gram_s`` leaves out
+  the conversion that ``fedshield_s`` includes, and it runs interleaved with each
+  rule's own runs, so the ratio compares times taken under the same load;
 * **Flower** (``flwr``), where it has the rule, in the same run and interleaved with
   fedshield: the legacy functions of ``flwr.server.strategy.aggregate``
   (``aggregate``, ``aggregate_median``, ``aggregate_trimmed_avg``, ``aggregate_krum``,
@@ -28,7 +31,10 @@ every rule (Bulyan's assumption is the strictest) runs with the same ``f``; ``me
 which is not robust, runs with ``f = 0``. Each timing is the median over ``--repeats``
 runs, except a Flower function whose first run exceeds ``--flower-budget-s``, which runs
 once (``flower_repeats``). The garbage collector runs before every timed call. Compare
-the ratios of one run, never seconds across runs (fields: ``benchmarks/README.md``)::
+the ratios of one run, never seconds across runs (fields: ``benchmarks/README.md``).
+``blas_threads`` is numpy's BLAS thread count as threadpoolctl reports it, and
+``fedshield_threads`` the threads that the Krum family's column blocks ran on (BLAS is
+held to one thread meanwhile; ``fedshield.robust._distances``)::
 
     .venv/bin/python benchmarks/robust.py
     .venv/bin/python benchmarks/robust.py --n 50 --rules krum,multi_krum --repeats 5
@@ -39,6 +45,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import resource
 import statistics
 import sys
@@ -48,6 +55,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from threadpoolctl import ThreadpoolController
 
 from fedshield import robust
 from fedshield.errors import FedshieldError
@@ -83,11 +91,30 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+# Seconds to wait before each timed call (--settle-s). After a call that ran on several
+# threads, OpenBLAS's worker threads busy-wait for 2**28 TSC cycles (0.11 s at this VM's
+# 2.4 GHz) before they sleep; without the pause the next side (fedshield right after the
+# Gram product, say) would share the cores with a spinning thread it did not start.
+SETTLE_S = [0.3]
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    seconds, _, out = timed_with_cpu(fn)
+    return seconds, out
+
+
+def timed_with_cpu(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    """Wall and CPU time of the whole process (every thread) for ``fn()``, and its output.
+
+    Waits ``SETTLE_S`` first and runs the garbage collector, both outside the clock.
+    """
+    time.sleep(SETTLE_S[0])
     gc.collect()
+    cpu = time.process_time()
     start = time.perf_counter()
     out = fn()
-    return time.perf_counter() - start, out
+    end = time.perf_counter()
+    return end - start, time.process_time() - cpu, out
 
 
 def minor_faults() -> int:
@@ -96,6 +123,15 @@ def minor_faults() -> int:
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
+
+
+_BLAS = ThreadpoolController().select(user_api="blas")
+
+
+def blas_threads() -> list[int]:
+    """numpy's BLAS thread count (one entry per BLAS library loaded, as threadpoolctl sees)."""
+    libraries = ThreadpoolController().select(user_api="blas").info()
+    return [int(lib["num_threads"]) for lib in libraries]
 
 
 def flat(layers: Any) -> Array:
@@ -236,11 +272,12 @@ def krum_steps(rule: str, x32: Array, f: int) -> dict[str, float]:
     ``prepare_unchecked`` checks the shape and the arguments (no conversion, no pass over
     the values); ``pairwise_sq_distances`` is the one pass over the float32 data: per
     column block, the column extremes (the midrange, and the NaN/Inf check), the
-    conversion to float64 with the centring, and the Gram product, then clamping and
-    symmetrizing. ``extremes`` times that function's per-block ``max``/``min`` and check
-    again on their own; ``scores_rank`` is ``krum_scores`` and ``rank``; ``output`` is
-    the rest (the chosen row converted, the block-wise weighted mean of the selected
-    rows, or Bulyan's coordinate step ``_closest_to_median_mean``). Bulyan has ``select``
+    conversion to float64 with the centring, and the Gram product, on the lanes'
+    threads, then clamping and symmetrizing. ``extremes`` times that function's
+    per-block ``max``/``min`` and check again on their own, on the calling thread only;
+    ``scores_rank`` is ``krum_scores`` and ``rank``; ``output`` is the rest (the chosen
+    row converted, the blocked mean of the selected rows ``weighted_sum``, or Bulyan's
+    coordinate step ``_closest_to_median_mean``). Bulyan has ``select``
     (``bulyan.select``: the distances, which it computes itself, and the iterated Krum
     rounds) instead of ``scores_rank``, so its steps add up as
     ``prepare_unchecked + select + output``.
@@ -281,9 +318,7 @@ def krum_steps(rule: str, x32: Array, f: int) -> dict[str, float]:
         chosen = order[: n - f]
 
         def mean_of_chosen() -> Array:
-            coefficients = np.zeros(n)
-            coefficients[chosen] = 1.0
-            return _distances.weighted_sum(coefficients / coefficients.sum(), x)
+            return _distances.weighted_sum(x, chosen, np.full(len(chosen), 1.0 / len(chosen)))
 
         steps["output"], _ = timed(mean_of_chosen)
     return steps
@@ -303,6 +338,7 @@ class Side:
         self.fn = fn
         self.budget_s = budget_s
         self.runs: list[float] = []
+        self.cpu: list[float] = []
         self.faults: list[int] = []
         self.out: Any = None
 
@@ -310,7 +346,8 @@ class Side:
         if self.budget_s is not None and self.runs and self.runs[0] > self.budget_s:
             return  # too slow to repeat
         before = minor_faults()
-        seconds, out = timed(self.fn)
+        seconds, cpu, out = timed_with_cpu(self.fn)
+        self.cpu.append(cpu)
         self.faults.append(minor_faults() - before)
         self.runs.append(seconds)
         self.out = out
@@ -318,6 +355,10 @@ class Side:
     @property
     def median_s(self) -> float:
         return statistics.median(self.runs)
+
+    @property
+    def median_cpu_s(self) -> float:
+        return statistics.median(self.cpu)
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -330,12 +371,13 @@ def case(
     x64: Array,
     f: int,
     *,
-    limits: dict[str, float],
+    to_float64_s: float,
     repeats: int,
     budget_s: float,
     with_steps: bool,
 ) -> dict[str, Any]:
     n, d = x32.shape
+    load_before = os.getloadavg()[0]
     if rule == "mean":
         f = 0  # mean refuses num_byzantine > 0
     params = rule_params(rule, x32)
@@ -351,7 +393,17 @@ def case(
         lambda: robust.aggregate(rule, x64, num_byzantine=f, **params),
         None,
     )
-    sides = [ours, ours64]
+    gram = Side("gram", "numpy X @ X.T, float64 X", lambda: x64 @ x64.T, None)
+
+    def gram_on_one_thread() -> Array:
+        with _BLAS.limit(limits=1):
+            product: Array = x64 @ x64.T
+        return product
+
+    gram1 = Side(
+        "gram_1t", "numpy X @ X.T, float64 X, BLAS on one thread", gram_on_one_thread, None
+    )
+    sides = [gram, ours, ours64, gram1]
 
     legacy = flower_legacy(rule, n, f)
     flower: Side | None = None
@@ -381,8 +433,9 @@ def case(
             )
         )
 
+    load_after = os.getloadavg()[0]
     fedshield_s = ours.median_s
-    gram_s = limits["gram_s"]
+    gram_s = gram.median_s
     row: dict[str, Any] = {
         "benchmark": "robust",
         "n": n,
@@ -404,10 +457,23 @@ def case(
         ),
         "fedshield_f64_input_s": ours64.median_s,
         "fedshield_f64_input_runs_s": ours64.runs,
-        "to_float64_s": limits["to_float64_s"],
+        "to_float64_s": to_float64_s,
         "gram_s": gram_s,
+        "gram_runs_s": gram.runs,
+        "blas_threads": blas_threads(),
+        "fedshield_threads": (
+            _distances._workers(-(-d // _distances._step(n)))
+            if rule in ("krum", "multi_krum", "bulyan")
+            else None
+        ),
         "ratio_to_gram": ratio(fedshield_s, gram_s),
         "ratio_to_gram_f64_input": ratio(ours64.median_s, gram_s),
+        "gram_1thread_s": gram1.median_s,
+        "ratio_to_gram_1thread": ratio(fedshield_s, gram1.median_s),
+        "fedshield_cpu_s": ours.median_cpu_s,
+        "gram_cpu_s": gram.median_cpu_s,
+        "gram_1thread_cpu_s": gram1.median_cpu_s,
+        "load_avg_1m": [load_before, load_after],
     }
     if with_steps and rule in ("krum", "multi_krum", "bulyan"):
         row["fedshield_steps_s"] = krum_steps(rule, x32, f)
@@ -465,9 +531,8 @@ def run_n(n: int, d: int, f: int, rules: list[str], args: argparse.Namespace) ->
     for _ in range(args.repeats):
         seconds, x64 = timed(lambda: x32.astype(np.float64))
         conversions.append(seconds)
-    grams = [timed(lambda: x64 @ x64.T)[0] for _ in range(args.repeats)]
-    limits = {"to_float64_s": statistics.median(conversions), "gram_s": statistics.median(grams)}
-    log(f"n={n}: to_float64 {limits['to_float64_s']:.3f}s, gram {limits['gram_s']:.3f}s")
+    to_float64_s = statistics.median(conversions)
+    log(f"n={n}: to_float64 {to_float64_s:.3f}s")
     failed = False
     for rule in rules:
         try:
@@ -476,7 +541,7 @@ def run_n(n: int, d: int, f: int, rules: list[str], args: argparse.Namespace) ->
                 x32,
                 x64,
                 f,
-                limits=limits,
+                to_float64_s=to_float64_s,
                 repeats=args.repeats,
                 budget_s=args.flower_budget_s,
                 with_steps=not args.no_steps,
@@ -505,7 +570,15 @@ def main() -> None:
     parser.add_argument(
         "--no-steps", action="store_true", help="skip the sub-step run of the Krum family"
     )
+    parser.add_argument(
+        "--settle-s",
+        type=float,
+        default=SETTLE_S[0],
+        help="pause before each timed call, so BLAS threads spinning after the previous "
+        "side are asleep (default 0.3)",
+    )
     args = parser.parse_args()
+    SETTLE_S[0] = args.settle_s
     ns = [int(v) for v in args.n.split(",")]
     d = int(args.d)
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]

@@ -22,16 +22,42 @@ convert one column block at a time to float64, so they return exactly what they 
 for ``x.astype(np.float64)`` without that ``(n, d)`` copy, and the column extremes that
 give the midrange also check the values (:func:`~fedshield.robust._checks.check_extremes`).
 
+Threads. The column blocks are dealt to :data:`_LANES` fixed lanes (block ``i`` to lane
+``i % _LANES``). A lane of :func:`pairwise_sq_distances` accumulates its blocks' Gram
+products in block order into its own matrix, and the lanes' matrices are added in lane
+order; a lane of :func:`weighted_sum` writes its own columns of the result. The result
+therefore depends on ``n``, ``d`` and the block size, never on how many threads ran the
+lanes (nor on BLAS's own thread count: OpenBLAS splits a product between its threads by
+output columns, which leaves every sum as it is; ``tests/unit/test_robust_threads.py``
+compares one thread with two). With more than one block, the lanes run on up to
+``_LANES`` threads (the calling thread and helpers it joins before returning), bounded
+by the CPUs the process may use and by the BLAS thread count, so a process whose BLAS is
+held to one thread (``OMP_NUM_THREADS=1``, as the launcher starts its children) stays on
+one thread. numpy releases the GIL in its loops and in BLAS. While the lanes of the Gram
+product run on several threads, BLAS is held to one thread (threadpoolctl, as
+scikit-learn's KMeans does around its own parallel loops) and restored on exit: the
+lanes then use the cores BLAS would have used, instead of competing with BLAS's own
+threads, which busy-wait between calls and make every blocked product slower when a
+third thread shares two cores. Other threads of the process see BLAS on one thread for
+that time; a module lock keeps two such calls from interleaving the save and the
+restore.
+
 Distances from every row to one point (Weiszfeld, centered clipping) are computed
 directly from differences, block by block, because they feed a division.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from threadpoolctl import ThreadpoolController
 
 from fedshield.robust._checks import Floats, check_extremes
 
@@ -48,22 +74,96 @@ Matrix = npt.NDArray[np.float64]
 Vector = npt.NDArray[np.float64]
 Index = npt.NDArray[np.intp]
 
-# Elements per column block: 8 MiB of float64 temporaries, whatever n is.
-_BLOCK_ELEMENTS = 1 << 20
+# Elements per column block of the Gram product: a 2 MiB float64 buffer per thread, in
+# the shared L3 cache with the float32 block it is converted from, whatever n is.
+_BLOCK_ELEMENTS = 1 << 18
+# The fixed partition of the column blocks; at most this many threads.
+_LANES = 2
+# Held while BLAS is limited to one thread: the save and the restore of concurrent
+# calls must not interleave.
+_BLAS_LIMIT_LOCK = threading.Lock()
 
 
 def _step(n: int) -> int:
     return max(1, _BLOCK_ELEMENTS // max(n, 1))
 
 
+@functools.cache
+def _blas() -> Any:
+    """Return the BLAS libraries loaded in the process (numpy's among them), via threadpoolctl."""
+    return ThreadpoolController().select(user_api="blas")
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _workers(blocks: int) -> int:
+    """How many threads run the lanes of a pass over ``blocks`` column blocks."""
+    if blocks < 2:
+        return 1
+    blas_threads = [int(lib["num_threads"]) for lib in _blas().info()]
+    if not blas_threads:  # a BLAS threadpoolctl cannot hold to one thread
+        return 1
+    return max(1, min(_LANES, blocks, _cpus(), max(blas_threads)))
+
+
+Lane = Callable[[int, threading.Event], None]
+
+
+def _run_lanes(lane: Lane, blocks: int, *, blas: bool) -> None:
+    """Run ``lane(k, stop)`` for every lane ``k``, on up to ``_LANES`` threads.
+
+    Thread ``w`` runs lanes ``w``, ``w + workers``, ... in that order; the caller is
+    thread 0. A lane should return early once ``stop`` is set (another lane failed).
+    The first failure in lane order is raised after every thread has ended. ``blas``:
+    the lanes call BLAS, which is then held to one thread while they run.
+    """
+    workers = _workers(blocks)
+    stop = threading.Event()
+    errors: list[BaseException | None] = [None] * _LANES
+
+    def run(first: int) -> None:
+        for k in range(first, _LANES, workers):
+            try:
+                lane(k, stop)
+            except BaseException as exc:  # re-raised by the caller below
+                errors[k] = exc
+                stop.set()
+                return
+
+    if workers == 1:
+        run(0)
+    else:
+        with contextlib.ExitStack() as held:
+            if blas:
+                held.enter_context(_BLAS_LIMIT_LOCK)
+                held.enter_context(_blas().limit(limits=1))
+            helpers = [threading.Thread(target=run, args=(w,)) for w in range(1, workers)]
+            for helper in helpers:
+                helper.start()
+            try:
+                run(0)
+            finally:
+                for helper in helpers:
+                    helper.join()
+    for error in errors:
+        if error is not None:
+            raise error
+
+
 def pairwise_sq_distances(x: Floats) -> Matrix:
     """Return the (n, n) matrix of squared L2 distances between the rows of ``x``.
 
-    Computed from the Gram matrix of the midrange-centred rows in float64 (one BLAS
-    product per column block of ``2**20 // n`` columns, a single product when
-    ``n * d <= 2**20``), clamped at 0, exactly symmetric, with a zero diagonal. A
-    float32 ``x`` is converted block by block as it is centred, which gives the same
-    float64 values as converting it whole first.
+    Computed from the Gram matrix of the midrange-centred rows in float64: one BLAS
+    product per column block of ``2**18 // n`` columns (a single product when
+    ``n * d <= 2**18``), accumulated per lane and the lanes then added (see the module
+    docstring), clamped at 0, exactly symmetric, with a zero diagonal. A float32 ``x``
+    is converted block by block as it is centred, which gives the same float64 values
+    as converting it whole first.
 
     Raises
     ------
@@ -72,22 +172,41 @@ def pairwise_sq_distances(x: Floats) -> Matrix:
         block's column extremes, which the midrange needs anyway).
     """
     n, d = x.shape
-    gram = np.zeros((n, n))
     step = _step(n)
-    buffer = np.empty(n * min(step, d))
-    for start in range(0, d, step):
-        part = x[:, start : start + step]
-        hi = part.max(axis=0)
-        lo = part.min(axis=0)
-        check_extremes(lo, hi, x)
-        mu = (hi.astype(np.float64) + lo) / 2
-        block = buffer[: part.size].reshape(part.shape)
-        if part.dtype == np.float64:
-            np.subtract(part, mu, out=block)
-        else:  # the same values; a plain cast then an in-place subtract is faster
-            block[...] = part
-            block -= mu
-        gram += block @ block.T
+    starts = range(0, d, step)
+    grams = [np.zeros((n, n)) for _ in range(_LANES)]
+    width = min(step, d)
+
+    def lane(k: int, stop: threading.Event) -> None:
+        buffer = np.empty(n * width)
+        hi = np.empty(width, dtype=x.dtype)
+        lo = np.empty(width, dtype=x.dtype)
+        mu = np.empty(width)
+        product = np.empty((n, n))
+        for start in starts[k::_LANES]:
+            if stop.is_set():
+                return
+            part = x[:, start : start + step]
+            cols = part.shape[1]
+            np.max(part, axis=0, out=hi[:cols])
+            np.min(part, axis=0, out=lo[:cols])
+            check_extremes(lo[:cols], hi[:cols], x)
+            centre = mu[:cols]
+            np.add(hi[:cols], lo[:cols], out=centre, dtype=np.float64)  # exact for float32
+            centre /= 2
+            block = buffer[: part.size].reshape(part.shape)
+            if part.dtype == np.float64:
+                np.subtract(part, centre, out=block)
+            else:  # the same values; a plain cast then an in-place subtract is faster
+                block[...] = part
+                block -= centre
+            np.matmul(block, block.T, out=product)
+            grams[k] += product
+
+    _run_lanes(lane, len(starts), blas=True)
+    gram = grams[0]
+    for other in grams[1:]:
+        gram += other
     sq = np.diagonal(gram)
     dist = sq[:, None] + sq[None, :] - 2.0 * gram
     np.maximum(dist, 0.0, out=dist)
@@ -112,31 +231,43 @@ def distances_to(x: Matrix, point: Vector) -> Vector:
     return result
 
 
-def weighted_sum(coefficients: Vector, x: Floats) -> Vector:
-    """Return ``coefficients @ x`` in float64, shape (d,), one BLAS product per column block.
+def weighted_sum(x: Floats, rows: Sequence[int] | Index, coefficients: Vector) -> Vector:
+    """Return ``sum_j coefficients[j] * x[rows[j]]`` in float64, shape (d,).
 
-    Full blocks are ``step`` columns wide, a multiple of 1024, so no kernel's vector
-    loop is cut short inside the matrix: with OpenBLAS 0.3.31 the result equals the
-    unblocked product on one thread (on several threads the unblocked ``dgemv`` splits
-    the columns at places that depend on ``d``, and its last bits change with the thread
-    count). A full block of a C-contiguous float64 ``x`` is used in place; every other
-    block (float32, strided, or the narrower last one, which numpy may hand to ``ddot``
-    with a stride) is first copied to a contiguous float64 buffer. Each product
-    therefore sees the same values and shape whether ``x`` is float32 or its float64
-    copy, and gives the same bits.
+    The rows are added in the order given, each column on its own: with ``s`` the
+    float64 sum ``x[rows[0]] + x[rows[1]] + ...`` from left to right, the result is
+    ``c * s`` if every coefficient equals ``c``, and otherwise the left-to-right sum of
+    ``coefficients[j] * x[rows[j]]``. Only the given rows are read, once, in column
+    blocks of ``2**16`` columns dealt to the lanes (module docstring); a float32 row is
+    converted to float64 as it is added, so the result is that of the float64 copy bit
+    for bit, whatever the layout of ``x`` and however many threads ran.
     """
-    n, d = x.shape
-    step = max(1024, _step(n) // 1024 * 1024)
+    d = x.shape[1]
+    order = [int(row) for row in rows]
+    weights = [np.float64(c) for c in coefficients]  # float64 scalars: float64 products
+    uniform = min(weights) == max(weights)
+    step = max(1, _BLOCK_ELEMENTS // 4)
+    starts = range(0, d, step)
     result = np.empty(d)
-    in_place = x.dtype == np.float64 and x.flags.c_contiguous
-    buffer = np.empty(n * min(step, d))
-    for start in range(0, d, step):
-        part = x[:, start : start + step]
-        if not (in_place and part.shape[1] == step):
-            block = buffer[: part.size].reshape(part.shape)
-            block[...] = part
-            part = block
-        np.matmul(coefficients, part, out=result[start : start + step])
+
+    def lane(k: int, stop: threading.Event) -> None:
+        term = np.empty(min(step, d))
+        for start in starts[k::_LANES]:
+            if stop.is_set():
+                return
+            acc = result[start : start + step]
+            if uniform:
+                acc[...] = x[order[0], start : start + step]
+                for row in order[1:]:
+                    np.add(acc, x[row, start : start + step], out=acc)
+                acc *= weights[0]
+            else:
+                np.multiply(x[order[0], start : start + step], weights[0], out=acc)
+                for row, weight in zip(order[1:], weights[1:], strict=True):
+                    np.multiply(x[row, start : start + step], weight, out=term[: acc.size])
+                    acc += term[: acc.size]
+
+    _run_lanes(lane, len(starts), blas=False)
     return result
 
 

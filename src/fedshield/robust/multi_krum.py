@@ -22,7 +22,9 @@ does), not in the scores.
 
 Float32 updates are not copied to float64 whole: the distances and the average convert
 one column block at a time (:mod:`fedshield.robust._distances`), so the result is
-exactly that of the float64 copy.
+exactly that of the float64 copy. The average reads only the selected rows and adds
+them in the order of their scores (ties broken by value), so permuting the input rows
+does not change its bits unless equal rows carry different weights.
 """
 
 from __future__ import annotations
@@ -96,9 +98,9 @@ def aggregate(
                 f"multi_krum needs an integer m with 1 <= m <= n - f = {n - f}, got m={m!r}"
             )
     chosen = select(x, f, int(m))
-    coefficients = np.zeros(n)
-    coefficients[chosen] = 1.0 if w is None else w[chosen]
-    total = float(coefficients.sum())
+    if w is None:
+        return weighted_sum(x, chosen, np.full(len(chosen), 1.0 / len(chosen)))
+    total = float(w[chosen].sum())
     if total <= 0.0:
         raise PayloadError(f"the {m} updates multi_krum selected all have weight 0")
-    return weighted_sum(coefficients / total, x)
+    return weighted_sum(x, chosen, w[chosen] / total)
