@@ -70,7 +70,7 @@ from fedshield.storage.db import (
     TreeHeadRow,
     check_utc,
 )
-from fedshield.storage.signature_pool import SignaturePool
+from fedshield.storage.signature_pool import DEFAULT_CHUNK, SignaturePool
 
 __all__ = [
     "AUDIT_KEY_FILE",
@@ -479,6 +479,7 @@ class AuditLog:
         *,
         external_heads: Sequence[TreeHead] = (),
         workers: int | None = None,
+        chunk: int = DEFAULT_CHUNK,
     ) -> VerifyReport:
         """Verify the chain, every signature and every tree head with ``public_key``.
 
@@ -496,6 +497,9 @@ class AuditLog:
         workers
             Processes checking signatures: ``None`` for one per available core, ``0``
             to check them inline in this process.
+        chunk
+            Signatures handed to a worker at a time; a log shorter than one chunk is
+            checked in this process.
 
         Raises
         ------
@@ -524,7 +528,9 @@ class AuditLog:
                     check="header",
                 )
             pool = (
-                SignaturePool(public_key_bytes(public_key), federation, workers=workers)
+                SignaturePool(
+                    public_key_bytes(public_key), federation, workers=workers, chunk=chunk
+                )
                 if workers > 0
                 else None
             )
