@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import IO, Any, Final, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from sqlalchemy import Executable, String, exists, insert, select, type_coerce
+from sqlalchemy import Connection, Executable, String, exists, insert, select, type_coerce
 from sqlalchemy.orm import Session
 
 from fedshield.audit.entry import (
@@ -165,15 +165,23 @@ class NewEvent(Protocol):
     def details(self) -> Any: ...  # noqa: D102
 
 
+# Built once: statements on the append path are executed per batch, and building them
+# anew costs more than running them.
+_READ_HEADER: Final = select(AuditLogRow.federation, AuditLogRow.public_key).where(
+    AuditLogRow.id == _HEADER_ID
+)
+_READ_LAST_LINK: Final = (
+    select(AuditChainRow.seq, AuditChainRow.entry_hash).order_by(AuditChainRow.seq.desc()).limit(1)
+)
+_INSERT_LINKS: Final = insert(AuditChainRow)
+
+
 def _header(
-    session: Session, db: Database, key: ed25519.Ed25519PrivateKey, first: Sequence[NewEvent]
-) -> tuple[str, list[EventRow]]:
+    conn: Connection, db: Database, key: ed25519.Ed25519PrivateKey, first: Sequence[NewEvent]
+) -> tuple[str, Sequence[NewEvent]]:
     """Return the log's federation (creating the header) and legacy rows to adopt first."""
     pub = public_key_bytes(key.public_key()).hex()
-    conn = session.connection()
-    header = conn.execute(
-        select(AuditLogRow.federation, AuditLogRow.public_key).where(AuditLogRow.id == _HEADER_ID)
-    ).first()
+    header = conn.execute(_READ_HEADER).first()
     if header is None:
         if conn.execute(select(AuditChainRow.seq).limit(1)).first() is not None:
             raise StorageError(
@@ -181,11 +189,19 @@ def _header(
                 hint="Run `fedshield audit verify --workdir W` and keep the workdir as evidence.",
             )
         new_ids = [r.id for r in first]
-        legacy = list(
-            session.scalars(
-                select(EventRow).where(EventRow.id.not_in(new_ids)).order_by(EventRow.id)
+        legacy: Sequence[NewEvent] = conn.execute(
+            select(
+                EventRow.id,
+                EventRow.time,
+                EventRow.actor,
+                EventRow.action,
+                EventRow.resource,
+                EventRow.outcome,
+                EventRow.details,
             )
-        )
+            .where(EventRow.id.not_in(new_ids))
+            .order_by(EventRow.id)
+        ).all()
         federation = db.federation or ""
         conn.execute(
             insert(AuditLogRow).values(
@@ -213,7 +229,11 @@ def _header(
 
 
 def chain_events(
-    session: Session, db: Database, rows: Sequence[NewEvent], *, checked: bool = False
+    session: Session | Connection,
+    db: Database,
+    rows: Sequence[NewEvent],
+    *,
+    checked: bool = False,
 ) -> None:
     """Chain and sign ``rows`` (event rows already inserted) inside the caller's transaction.
 
@@ -226,7 +246,7 @@ def chain_events(
     Parameters
     ----------
     session
-        The caller's write transaction.
+        The caller's write transaction (an ORM session or a Core connection).
     db
         The database (for its audit key and federation).
     rows
@@ -249,13 +269,9 @@ def chain_events(
         for row in rows:
             check_metadata(row.details)
     key = audit_key(db)
-    federation, legacy = _header(session, db, key, rows)
-    conn = session.connection()
-    last = conn.execute(
-        select(AuditChainRow.seq, AuditChainRow.entry_hash)
-        .order_by(AuditChainRow.seq.desc())
-        .limit(1)
-    ).first()
+    conn = session.connection() if isinstance(session, Session) else session
+    federation, legacy = _header(conn, db, key, rows)
+    last = conn.execute(_READ_LAST_LINK).first()
     if last is None:
         seq = 0
         prev = anchor_hash(federation=federation, public_key=public_key_bytes(key.public_key()))
@@ -276,7 +292,7 @@ def chain_events(
             }
         )
         prev = entry_hash
-    conn.execute(insert(AuditChainRow), links)
+    conn.execute(_INSERT_LINKS, links)
 
 
 def _entry(seq: int, row: NewEvent) -> Entry:

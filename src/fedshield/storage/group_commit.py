@@ -36,7 +36,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import func, insert, select
 
@@ -44,6 +44,9 @@ from fedshield.storage.audit import chain_events
 from fedshield.storage.db import Database, EventRow
 
 __all__ = ["GroupCommit", "PendingEvent", "group_commit"]
+
+_LAST_EVENT_ID: Final = select(func.max(EventRow.id))
+_INSERT_EVENTS: Final = insert(EventRow)
 
 
 @dataclass
@@ -144,16 +147,15 @@ class GroupCommit:
             following.done.set()
 
     def _write(self, batch: list[PendingEvent]) -> None:
-        with self._db.transaction(write=True) as session:
-            conn = session.connection()
+        with self._db.write_connection() as conn:
             if self._db.is_sqlite:
                 # BEGIN IMMEDIATE holds the write lock: the ids after the largest are
                 # ours to give, and one executemany is far cheaper than RETURNING, which
                 # SQLite can only keep in order one row per statement.
-                last = conn.execute(select(func.max(EventRow.id))).scalar_one_or_none() or 0
+                last = conn.execute(_LAST_EVENT_ID).scalar_one_or_none() or 0
                 for i, event in enumerate(batch, start=1):
                     event.id = last + i
-                conn.execute(insert(EventRow), [{"id": e.id, **e.values()} for e in batch])
+                conn.execute(_INSERT_EVENTS, [{"id": e.id, **e.values()} for e in batch])
             else:
                 ids = conn.execute(
                     insert(EventRow).returning(EventRow.id, sort_by_parameter_order=True),
@@ -161,7 +163,7 @@ class GroupCommit:
                 )
                 for event, (row_id,) in zip(batch, ids, strict=True):
                     event.id = row_id
-            chain_events(session, self._db, batch, checked=True)
+            chain_events(conn, self._db, batch, checked=True)
 
 
 def group_commit(db: Database) -> GroupCommit:
