@@ -65,9 +65,7 @@ def bench_ed25519() -> dict[str, object]:
     signature = key.sign(message)
     public = key.public_key()
     sign_s = min(timeit.repeat(lambda: key.sign(message), number=500, repeat=5)) / 500
-    verify_s = min(
-        timeit.repeat(lambda: public.verify(signature, message), number=500, repeat=5)
-    )
+    verify_s = min(timeit.repeat(lambda: public.verify(signature, message), number=500, repeat=5))
     return {
         "bench": "ed25519",
         "sign_us": 1e6 * sign_s,

@@ -9,6 +9,12 @@ committed round the coordinator adds a signed tree head
 (:class:`~fedshield.storage.db.TreeHeadRow`, :func:`sign_tree_head`).
 :class:`AuditLog` reads it back: verify, export, receipts.
 
+:meth:`~fedshield.storage.records.EventLog.record` does not open a transaction per
+event: concurrent calls are chained, signed and committed together
+(:mod:`fedshield.storage.group_commit`). :meth:`AuditLog.verify` checks the entry
+signatures in worker processes (:mod:`fedshield.storage.signature_pool`) while it
+recomputes the chain.
+
 The audit key
 -------------
 One Ed25519 key per log signs every entry and tree head, whoever writes it (the

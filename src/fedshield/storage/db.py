@@ -391,7 +391,9 @@ class Database:
         #: The federation the audit log is bound to when its first entry is written;
         #: the coordinator sets it. ``None`` binds a new log to ``""``.
         self.federation: str | None = None
-        #: Caches of :mod:`fedshield.storage.audit` (the key, the checked log header).
+        #: Audit state shared by every user of this object: the audit key
+        #: (:mod:`fedshield.storage.audit`) and the group committer
+        #: (:mod:`fedshield.storage.group_commit`).
         self.audit_cache: dict[str, Any] = {}
         masked = mask_url(url)
         #: The URL with its password masked, safe to log or show.
