@@ -111,6 +111,8 @@ def canonical_time(time: datetime) -> str:
     ValueError
         If ``time`` is naive.
     """
+    if time.tzinfo is UTC:  # the common case: only drop isoformat's "+00:00"
+        return time.isoformat(timespec="microseconds")[:-6] + "Z"
     if time.tzinfo is None or time.tzinfo.utcoffset(time) is None:
         raise ValueError(f"time must be timezone-aware, got {time!r}")
     # isoformat, not strftime (several times faster); same text as _TIME_FORMAT.

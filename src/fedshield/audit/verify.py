@@ -36,13 +36,16 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from fedshield.audit.entry import (
     Entry,
     anchor_hash,
     chain_hash,
+    entry_signing_bytes,
     public_key_bytes,
     verify_entry_signature,
 )
@@ -50,7 +53,13 @@ from fedshield.audit.merkle import MerkleAccumulator
 from fedshield.audit.receipt import TreeHead, verify_tree_head
 from fedshield.errors import AuditError
 
-__all__ = ["ChainRecord", "VerifyReport", "verify_log"]
+__all__ = [
+    "ChainRecord",
+    "SignatureBatch",
+    "VerifyReport",
+    "first_bad_signature",
+    "verify_log",
+]
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,47 @@ def _check_head(
         )
 
 
+class SignatureBatch(Protocol):
+    """Entry signatures checked apart from the chain (for instance by worker processes).
+
+    :func:`verify_log` calls :meth:`add` for every entry it reaches, in order, once the
+    entry passed its ``sequence`` and ``missing entry`` checks, and :meth:`first_bad`
+    once at the end.
+    """
+
+    def add(self, seq: int, signature: bytes, entry_hash: bytes) -> None:
+        """Queue the signature of entry ``seq`` over ``entry_hash``."""
+
+    def first_bad(self) -> int | None:
+        """Return the 0-based position (in :meth:`add` order) of the first bad signature."""
+
+
+def first_bad_signature(
+    public_key: bytes, federation: str, items: Sequence[tuple[int, bytes, bytes]]
+) -> int | None:
+    """Return the position in ``items`` of the first invalid entry signature, or ``None``.
+
+    Parameters
+    ----------
+    public_key
+        The trusted audit public key, 32 raw bytes.
+    federation
+        The log's federation.
+    items
+        ``(seq, signature, entry_hash)`` triples.
+
+    A plain function of bytes, so that worker processes can run it on chunks of a log.
+    """
+    key = ed25519.Ed25519PublicKey.from_public_bytes(public_key)
+    for i, (seq, signature, entry_hash) in enumerate(items):
+        try:
+            signed = entry_signing_bytes(federation=federation, seq=seq, entry_hash=entry_hash)
+            key.verify(signature, signed)
+        except (InvalidSignature, ValueError, OverflowError):
+            return i
+    return None
+
+
 def verify_log(
     records: Iterable[ChainRecord],
     *,
@@ -142,6 +192,7 @@ def verify_log(
     heads: Sequence[TreeHead] = (),
     external_heads: Sequence[TreeHead] = (),
     unchained: Sequence[int] = (),
+    signatures: SignatureBatch | None = None,
 ) -> VerifyReport:
     """Verify an audit log (see the module docstring for what is checked).
 
@@ -159,6 +210,10 @@ def verify_log(
         Tree heads from elsewhere (participants' receipts), checked the same way.
     unchained
         Ids of stored event rows that no chain record refers to.
+    signatures
+        Where to check entry signatures instead of inline (for instance in parallel
+        worker processes, see :class:`SignatureBatch`). The entry and check named are
+        the same as inline.
 
     Returns
     -------
@@ -183,48 +238,56 @@ def verify_log(
         _check_head(
             zero[1], acc, federation=federation, public_key=public_key, what=zero[0], seq=None
         )
+    failure: AuditError | None = None  # the first failure other than a deferred signature
     for record in records:
         seq = record.seq
         if seq != expected:
             missing = "missing" if seq > expected else "out of order or repeated"
-            raise _fail(
+            failure = _fail(
                 f"expected entry {expected}, found {seq}: entries {missing}",
                 seq=expected,
                 check="sequence",
             )
+            break
         if record.entry is None:
-            raise _fail(
+            failure = _fail(
                 "its content is missing (row deleted) or unreadable", seq=seq, check="missing entry"
             )
+            break
+        if signatures is not None:
+            signatures.add(seq, record.signature, record.entry_hash)
+        else:
+            try:
+                verify_entry_signature(
+                    public_key,
+                    record.signature,
+                    federation=federation,
+                    seq=seq,
+                    entry_hash=record.entry_hash,
+                )
+            except AuditError:
+                raise _bad_signature(seq) from None
         try:
-            verify_entry_signature(
-                public_key,
-                record.signature,
-                federation=federation,
-                seq=seq,
-                entry_hash=record.entry_hash,
-            )
-        except AuditError:
-            raise _fail(
-                "not signed by the trusted coordinator audit key", seq=seq, check="signature"
-            ) from None
-        if record.entry.seq != seq:
-            raise _fail(f"its content says seq {record.entry.seq}", seq=seq, check="sequence")
-        try:
-            recomputed = chain_hash(prev, record.entry)
-        except ValueError:  # content no longer canonical JSON (NaN, a bare value...)
-            recomputed = b""
-        if not hmac.compare_digest(recomputed, record.entry_hash):
-            raise _fail(
-                "its content or the entry before it does not hash to the signed hash",
-                seq=seq,
-                check="hash",
-            )
-        prev = record.entry_hash
-        acc.append(record.entry_hash)
-        for what, head in pending.pop(seq, []):
-            _check_head(head, acc, federation=federation, public_key=public_key, what=what, seq=seq)
+            _check_entry(record.entry, seq, prev, record.entry_hash)
+            prev = record.entry_hash
+            acc.append(record.entry_hash)
+            for what, head in pending.pop(seq, []):
+                _check_head(
+                    head, acc, federation=federation, public_key=public_key, what=what, seq=seq
+                )
+        except AuditError as exc:
+            failure = exc
+            break
         expected += 1
+    if signatures is not None:
+        # Only entries up to the first other failure were queued, each after its own
+        # sequence and missing-entry checks and before its later ones: so a bad signature
+        # is always the first failure, as inline. Position p is entry p + 1.
+        bad = signatures.first_bad()
+        if bad is not None:
+            raise _bad_signature(bad + 1)
+    if failure is not None:
+        raise failure
     if pending:
         size = min(pending)
         what, head = pending[size][0]
@@ -247,3 +310,23 @@ def verify_log(
         external_heads=len(external_heads),
         root=acc.root().hex(),
     )
+
+
+def _bad_signature(seq: int) -> AuditError:
+    return _fail("not signed by the trusted coordinator audit key", seq=seq, check="signature")
+
+
+def _check_entry(entry: Entry, seq: int, prev: bytes, entry_hash: bytes) -> None:
+    """Check an entry's own ``seq`` and that it hashes, after ``prev``, to ``entry_hash``."""
+    if entry.seq != seq:
+        raise _fail(f"its content says seq {entry.seq}", seq=seq, check="sequence")
+    try:
+        recomputed = chain_hash(prev, entry)
+    except ValueError:  # content no longer canonical JSON (NaN, a bare value...)
+        recomputed = b""
+    if not hmac.compare_digest(recomputed, entry_hash):
+        raise _fail(
+            "its content or the entry before it does not hash to the signed hash",
+            seq=seq,
+            check="hash",
+        )

@@ -9,6 +9,12 @@ committed round the coordinator adds a signed tree head
 (:class:`~fedshield.storage.db.TreeHeadRow`, :func:`sign_tree_head`).
 :class:`AuditLog` reads it back: verify, export, receipts.
 
+:meth:`~fedshield.storage.records.EventLog.record` does not open a transaction per
+event: concurrent calls are chained, signed and committed together
+(:mod:`fedshield.storage.group_commit`). :meth:`AuditLog.verify` checks the entry
+signatures in worker processes (:mod:`fedshield.storage.signature_pool`) while it
+recomputes the chain.
+
 The audit key
 -------------
 One Ed25519 key per log signs every entry and tree head, whoever writes it (the
@@ -42,10 +48,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, Final, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from sqlalchemy import String, exists, select, type_coerce
+from sqlalchemy import Connection, Executable, String, exists, insert, select, type_coerce
 from sqlalchemy.orm import Session
 
 from fedshield.audit.entry import (
@@ -70,6 +76,7 @@ from fedshield.storage.db import (
     TreeHeadRow,
     check_utc,
 )
+from fedshield.storage.signature_pool import DEFAULT_CHUNK, SignaturePool
 
 __all__ = [
     "AUDIT_KEY_FILE",
@@ -145,54 +152,115 @@ def audit_key(db: Database) -> ed25519.Ed25519PrivateKey:
     return key
 
 
+class NewEvent(Protocol):
+    """What chaining needs of an event row: its id and content (an ``EventRow`` fits)."""
+
+    @property
+    def id(self) -> int: ...  # noqa: D102
+    @property
+    def time(self) -> datetime: ...  # noqa: D102
+    @property
+    def actor(self) -> str: ...  # noqa: D102
+    @property
+    def action(self) -> str: ...  # noqa: D102
+    @property
+    def resource(self) -> str: ...  # noqa: D102
+    @property
+    def outcome(self) -> str: ...  # noqa: D102
+    @property
+    def details(self) -> Any: ...  # noqa: D102
+
+
+# Built once: statements on the append path are executed per batch, and building them
+# anew costs more than running them.
+_READ_HEADER: Final = select(AuditLogRow.federation, AuditLogRow.public_key).where(
+    AuditLogRow.id == _HEADER_ID
+)
+_READ_LAST_LINK: Final = (
+    select(AuditChainRow.seq, AuditChainRow.entry_hash).order_by(AuditChainRow.seq.desc()).limit(1)
+)
+_INSERT_LINKS: Final = insert(AuditChainRow)
+
+
 def _header(
-    session: Session, db: Database, key: ed25519.Ed25519PrivateKey, first: Sequence[EventRow]
-) -> tuple[str, list[EventRow]]:
+    conn: Connection, db: Database, key: ed25519.Ed25519PrivateKey, first: Sequence[NewEvent]
+) -> tuple[str, Sequence[NewEvent]]:
     """Return the log's federation (creating the header) and legacy rows to adopt first."""
     pub = public_key_bytes(key.public_key()).hex()
-    header = session.get(AuditLogRow, _HEADER_ID)
+    header = conn.execute(_READ_HEADER).first()
     if header is None:
-        if session.scalar(select(AuditChainRow.seq).limit(1)) is not None:
+        if conn.execute(select(AuditChainRow.seq).limit(1)).first() is not None:
             raise StorageError(
                 "the audit log has entries but no header: it was tampered with; refusing to append",
                 hint="Run `fedshield audit verify --workdir W` and keep the workdir as evidence.",
             )
         new_ids = [r.id for r in first]
-        legacy = list(
-            session.scalars(
-                select(EventRow).where(EventRow.id.not_in(new_ids)).order_by(EventRow.id)
+        legacy: Sequence[NewEvent] = conn.execute(
+            select(
+                EventRow.id,
+                EventRow.time,
+                EventRow.actor,
+                EventRow.action,
+                EventRow.resource,
+                EventRow.outcome,
+                EventRow.details,
+            )
+            .where(EventRow.id.not_in(new_ids))
+            .order_by(EventRow.id)
+        ).all()
+        federation = db.federation or ""
+        conn.execute(
+            insert(AuditLogRow).values(
+                id=_HEADER_ID,
+                federation=federation,
+                public_key=pub,
+                created_at=first[0].time,
+                adopted=len(legacy),
             )
         )
-        header = AuditLogRow(
-            id=_HEADER_ID,
-            federation=db.federation or "",
-            public_key=pub,
-            created_at=first[0].time,
-            adopted=len(legacy),
-        )
-        session.add(header)
-        return header.federation, legacy
-    if header.public_key != pub:
+        return federation, legacy
+    federation, stored_pub = header
+    if stored_pub != pub:
         raise IdentityError(
-            f"this audit log is signed by key {header.public_key[:16]}..., not by this "
+            f"this audit log is signed by key {stored_pub[:16]}..., not by this "
             f"process's audit key {pub[:16]}...; refusing to append",
             hint="Run on the coordinator host with the workdir's own audit.key.",
         )
-    if db.federation is not None and header.federation != db.federation:
+    if db.federation is not None and federation != db.federation:
         raise ConfigError(
-            f"this workdir's audit log belongs to federation {header.federation!r}, "
-            f"not {db.federation!r}",
+            f"this workdir's audit log belongs to federation {federation!r}, not {db.federation!r}",
             hint="Use a fresh --workdir for another federation.",
         )
-    return header.federation, []
+    return str(federation), []
 
 
-def chain_events(session: Session, db: Database, rows: Sequence[EventRow]) -> None:
-    """Chain and sign ``rows`` (flushed event rows) inside the caller's transaction.
+def chain_events(
+    session: Session | Connection,
+    db: Database,
+    rows: Sequence[NewEvent],
+    *,
+    checked: bool = False,
+) -> None:
+    """Chain and sign ``rows`` (event rows already inserted) inside the caller's transaction.
 
     Call it in a write transaction (``db.transaction(write=True)``) right after the rows
     are flushed, so the entries commit with them or not at all, and no other writer can
-    take the same ``seq`` in between.
+    take the same ``seq`` in between. The chain head is read once, by primary key (the
+    last ``seq``), under that write lock: no cache can go stale when another process
+    or a registry transaction appended in between, and no work grows with the log.
+
+    Parameters
+    ----------
+    session
+        The caller's write transaction (an ORM session or a Core connection).
+    db
+        The database (for its audit key and federation).
+    rows
+        The new event rows, in the order they are to be chained.
+    checked
+        True if every row's metadata already passed
+        :func:`~fedshield.audit.entry.check_metadata` (the group committer checks each
+        event in its caller's thread, before it is queued).
 
     Raises
     ------
@@ -203,34 +271,37 @@ def chain_events(session: Session, db: Database, rows: Sequence[EventRow]) -> No
     """
     if not rows:
         return
-    for row in rows:
-        check_metadata(row.details)
+    if not checked:
+        for row in rows:
+            check_metadata(row.details)
     key = audit_key(db)
-    federation, legacy = _header(session, db, key, rows)
-    last = session.execute(
-        select(AuditChainRow.seq, AuditChainRow.entry_hash)
-        .order_by(AuditChainRow.seq.desc())
-        .limit(1)
-    ).first()
+    conn = session.connection() if isinstance(session, Session) else session
+    federation, legacy = _header(conn, db, key, rows)
+    last = conn.execute(_READ_LAST_LINK).first()
     if last is None:
         seq = 0
         prev = anchor_hash(federation=federation, public_key=public_key_bytes(key.public_key()))
     else:
         seq, prev = last[0], bytes.fromhex(last[1])
+    links: list[dict[str, Any]] = []
     for row in [*legacy, *rows]:
         seq += 1
         entry = _entry(seq, row)
         entry_hash = chain_hash(prev, entry)
         signature = sign_entry(key, federation=federation, seq=seq, entry_hash=entry_hash)
-        session.add(
-            AuditChainRow(
-                seq=seq, event_id=row.id, entry_hash=entry_hash.hex(), signature=signature.hex()
-            )
+        links.append(
+            {
+                "seq": seq,
+                "event_id": row.id,
+                "entry_hash": entry_hash.hex(),
+                "signature": signature.hex(),
+            }
         )
         prev = entry_hash
+    conn.execute(_INSERT_LINKS, links)
 
 
-def _entry(seq: int, row: EventRow) -> Entry:
+def _entry(seq: int, row: NewEvent) -> Entry:
     return Entry(
         seq=seq,
         time=row.time,
@@ -375,6 +446,13 @@ class AuditLog:
 
     def entries(self, session: Session) -> Iterator[StoredEntry]:
         """Yield every chain link with its entry, in ``seq`` order, inside ``session``."""
+        for row in session.execute(self._entries_query()):
+            seq, event_id, entry_hash, signature, found = row[:5]
+            entry = None if found is None or seq < 1 else _raw_entry(seq, row[5:])
+            yield StoredEntry(seq, entry, event_id, entry_hash, signature)
+
+    @staticmethod
+    def _entries_query() -> Executable:
         raw = [
             type_coerce(column, String)
             for column in (
@@ -386,7 +464,7 @@ class AuditLog:
                 EventRow.details,
             )
         ]
-        query = (
+        return (
             select(
                 AuditChainRow.seq,
                 AuditChainRow.event_id,
@@ -399,10 +477,6 @@ class AuditLog:
             .order_by(AuditChainRow.seq)
             .execution_options(yield_per=5000)
         )
-        for row in session.execute(query):
-            seq, event_id, entry_hash, signature, found = row[:5]
-            entry = None if found is None or seq < 1 else _raw_entry(seq, row[5:])
-            yield StoredEntry(seq, entry, event_id, entry_hash, signature)
 
     def heads(self) -> list[TreeHead]:
         """Return the stored tree heads, oldest first."""
@@ -426,8 +500,15 @@ class AuditLog:
         public_key: ed25519.Ed25519PublicKey,
         *,
         external_heads: Sequence[TreeHead] = (),
+        workers: int | None = None,
+        chunk: int = DEFAULT_CHUNK,
     ) -> VerifyReport:
         """Verify the chain, every signature and every tree head with ``public_key``.
+
+        One pass in ``seq`` order recomputes the chain and the tree heads here while
+        worker processes check the entry signatures
+        (:mod:`fedshield.storage.signature_pool`); the entry named is the one a serial
+        pass names.
 
         Parameters
         ----------
@@ -435,14 +516,25 @@ class AuditLog:
             The audit public key the verifier trusts (never taken from the database).
         external_heads
             Tree heads from participants' receipts, for truncation and rewrites.
+        workers
+            Processes checking signatures: ``None`` for one per available core, ``0``
+            to check them inline in this process.
+        chunk
+            Signatures handed to a worker at a time; a log shorter than one chunk is
+            checked in this process.
 
         Raises
         ------
         AuditError
             Naming the first bad entry and the check that failed.
         """
+        if workers is None:
+            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
         header = self.header()
         heads = self.heads()
+        federation = "" if header is None else header[0]
         with self._db.transaction() as session:
             unchained = list(
                 session.scalars(
@@ -457,14 +549,34 @@ class AuditLog:
                     "(federation and key) is missing",
                     check="header",
                 )
-            return verify_log(
-                (item.record() for item in self.entries(session)),
-                federation="" if header is None else header[0],
-                public_key=public_key,
-                heads=heads,
-                external_heads=external_heads,
-                unchained=unchained,
+            pool = (
+                SignaturePool(
+                    public_key_bytes(public_key), federation, workers=workers, chunk=chunk
+                )
+                if workers > 0
+                else None
             )
+            try:
+                return verify_log(
+                    self._records(session),
+                    federation=federation,
+                    public_key=public_key,
+                    heads=heads,
+                    external_heads=external_heads,
+                    unchained=unchained,
+                    signatures=pool,
+                )
+            finally:
+                if pool is not None:
+                    pool.close()
+
+    def _records(self, session: Session) -> Iterator[ChainRecord]:
+        """Yield the verifier's view of every link, in ``seq`` order (lean: no ORM objects)."""
+        # Core rows from the session's connection: no ORM layer per row.
+        for row in session.connection().execute(self._entries_query()):
+            seq, _, entry_hash, signature, found = row[:5]
+            entry = None if found is None or seq < 1 else _raw_entry(seq, row[5:])
+            yield ChainRecord(seq, entry, _unhex(entry_hash), _unhex(signature))
 
     def export_jsonl(self, out: IO[str]) -> int:
         """Write every entry as one JSON line (entry fields, ``entry_hash``, ``signature``).

@@ -391,7 +391,9 @@ class Database:
         #: The federation the audit log is bound to when its first entry is written;
         #: the coordinator sets it. ``None`` binds a new log to ``""``.
         self.federation: str | None = None
-        #: Caches of :mod:`fedshield.storage.audit` (the key, the checked log header).
+        #: Audit state shared by every user of this object: the audit key
+        #: (:mod:`fedshield.storage.audit`) and the group committer
+        #: (:mod:`fedshield.storage.group_commit`).
         self.audit_cache: dict[str, Any] = {}
         masked = mask_url(url)
         #: The URL with its password masked, safe to log or show.
@@ -410,10 +412,8 @@ class Database:
         if self._is_sqlite:
             _install_sqlite_hooks(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._write_sessions = sessionmaker(
-            self.engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"}),
-            expire_on_commit=False,
-        )
+        self._write_engine = self.engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+        self._write_sessions = sessionmaker(self._write_engine, expire_on_commit=False)
         try:
             Base.metadata.create_all(self.engine)
         except DBAPIError as exc:
@@ -500,6 +500,25 @@ class Database:
         try:
             with self.session(write=write) as session, session.begin():
                 yield session
+        except DBAPIError as exc:
+            raise StorageError(
+                f"database {self.url} failed: {exc.orig}",
+                hint="Retry; if it persists check disk space and that no other process "
+                "holds the database.",
+            ) from exc
+
+    @contextlib.contextmanager
+    def write_connection(self) -> Iterator[Connection]:
+        """Run one write transaction on a Core connection (no ORM session).
+
+        As :meth:`transaction` with ``write=True`` (``BEGIN IMMEDIATE`` on SQLite,
+        failures raised as :class:`StorageError`), for hot paths that insert rows in
+        bulk, such as the audit log's group commit, where a session's bookkeeping costs
+        more than the statements.
+        """
+        try:
+            with self._write_engine.begin() as conn:
+                yield conn
         except DBAPIError as exc:
             raise StorageError(
                 f"database {self.url} failed: {exc.orig}",

@@ -27,7 +27,6 @@ from sqlalchemy import func, select, update
 
 from fedshield.audit.entry import check_metadata
 from fedshield.errors import NotFoundError, StorageError
-from fedshield.storage.audit import chain_events
 from fedshield.storage.db import (
     Database,
     EventRow,
@@ -36,6 +35,7 @@ from fedshield.storage.db import (
     check_metrics,
     check_utc,
 )
+from fedshield.storage.group_commit import PendingEvent, group_commit
 
 __all__ = [
     "EventLog",
@@ -512,7 +512,11 @@ class EventLog:
         details: Mapping[str, object],
         now: datetime,
     ) -> int:
-        """Append one event.
+        """Append one event, committed before it returns.
+
+        Safe to call from many threads at once: concurrent calls are chained, signed and
+        committed together in one transaction (:mod:`fedshield.storage.group_commit`),
+        each returning only after that commit.
 
         Parameters
         ----------
@@ -544,7 +548,7 @@ class EventLog:
         """
         now = check_utc(now)
         check_metadata(details, path="details")
-        row = EventRow(
+        event = PendingEvent(
             time=now,
             actor=actor,
             action=action,
@@ -552,11 +556,8 @@ class EventLog:
             outcome=outcome,
             details=_jsonable(details),
         )
-        with self._db.transaction(write=True) as session:
-            session.add(row)
-            session.flush()
-            chain_events(session, self._db, [row])
-            return row.id
+        # Committed (fsynced) before it returns; concurrent callers share one commit.
+        return group_commit(self._db).append(event)
 
     def since(self, after_id: int, actions: Collection[str]) -> builtins.list[EventRecord]:
         """Return the events with id > ``after_id`` whose action is in ``actions``."""
