@@ -283,3 +283,64 @@ def _toml(document: dict[str, Any]) -> str:
 def test_json_summary_carries_no_identifying_value(sites: Path, run: dict[str, Any]) -> None:
     summary = json.dumps(run["result"].__dict__, default=str)
     assert not [v for v in _identifying_values(sites) if _occurs(v, summary)]
+
+
+def _networked(factory: Any, sites: Path) -> Any:
+    return factory(
+        {
+            "federation": {"name": "masking-net", "seed": SEED},
+            "task": {"name": "breast_cancer", "local_epochs": 1},
+            "data": {
+                "dataset": "csv",
+                "csv_dir": str(sites),
+                "server_csv": str(sites / "server_test.csv"),
+                "partition": "iid",
+            },
+            "participants": {"names": list(NAMES)},
+            "rounds": {"count": 2},
+            "secure_aggregation": {"enabled": True},
+        }
+    )
+
+
+@pytest.mark.slow
+def test_networked_participants_mask_with_their_kit_key(
+    federation_factory: Any, sites: Path
+) -> None:
+    federation = _networked(federation_factory, sites)
+    federation.start_coordinator()
+    federation.start_participants()
+    codes = federation.wait_exit(federation.participants, timeout_s=240)
+    assert codes == {name: 0 for name in NAMES}, federation.describe()
+    for name in NAMES:
+        kit = federation.kits.participant_dirs[name]
+        key = kit / "masking.key"
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600  # made by the agent, in its kit
+        digest = policy_sha3(load_policy(sites / f"{name}.masking.toml"))
+        said = " ".join(federation.group.tail(name, 200).split())  # rich wraps lines
+        assert f"(sha3 {digest})" in said
+    dump = "\n".join(_sqlite_dump(federation.workdir))
+    assert not [v for v in _identifying_values(sites) if _occurs(v, dump)]
+    logs = "\n".join(federation.group.tail(n, 500) for n in federation.group.procs)
+    assert not [v for v in _identifying_values(sites) if _occurs(v, logs)]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="transport/server.py does not yet pass FitMeta.masking_policy_sha3 to "
+    "Coordinator.submit_fit (owned by another change); this flips when it does",
+)
+def test_networked_policy_hash_reaches_the_audit_log(federation_factory: Any, sites: Path) -> None:
+    federation = _networked(federation_factory, sites)
+    federation.start_coordinator()
+    federation.start_participants()
+    codes = federation.wait_exit(federation.participants, timeout_s=240)
+    assert codes == {name: 0 for name in NAMES}, federation.describe()
+    db = Database.for_workdir(federation.workdir)
+    try:
+        events = EventLog(db).list()
+    finally:
+        db.close()
+    reported = {e.resource for e in events if e.action == "masking.policy"}
+    assert reported == {f"participant/{n}" for n in NAMES}
