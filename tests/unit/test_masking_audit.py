@@ -36,7 +36,7 @@ def _coordinator(workdir: Path) -> Coordinator:
             "task": {"name": "digits", "local_epochs": 1},
             "data": {"dataset": "digits", "partition": "iid"},
             "participants": {"count": 2},
-            "rounds": {"count": 2, "min_participants": 2},
+            "rounds": {"count": 3, "min_participants": 2},
             "secure_aggregation": {"enabled": False},
             "privacy": {"mode": "off"},
         }
@@ -89,6 +89,7 @@ def test_the_coordinator_records_each_sites_policy_hash(tmp_path: Path) -> None:
             )
         _play(coordinator, NOW, {"site-1": H1, "site-2": None})
         _play(coordinator, NOW + timedelta(minutes=1), {"site-1": H2, "site-2": None})
+        _play(coordinator, NOW + timedelta(minutes=2), {"site-1": None, "site-2": None})
         events = EventLog(coordinator.db).list()
     finally:
         coordinator.close()
@@ -102,13 +103,19 @@ def test_the_coordinator_records_each_sites_policy_hash(tmp_path: Path) -> None:
         (1, "participant/site-2", None),
         (2, "participant/site-1", H2),
         (2, "participant/site-2", None),
+        (3, "participant/site-1", None),
+        (3, "participant/site-2", None),
     ]
     policies = [
-        (e.resource, e.details["policy_sha3"], e.details["previous_sha3"])
+        (e.resource, e.outcome, e.details["policy_sha3"], e.details["previous_sha3"])
         for e in events
         if e.action == "masking.policy"
     ]
-    assert policies == [("participant/site-1", H1, None), ("participant/site-1", H2, H1)]
+    assert policies == [
+        ("participant/site-1", "reported", H1, None),
+        ("participant/site-1", "reported", H2, H1),
+        ("participant/site-1", "removed", None, H2),
+    ]
 
 
 def test_masking_policy_setting_is_the_sites_and_resolved_per_participant(tmp_path: Path) -> None:

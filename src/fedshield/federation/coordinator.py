@@ -19,7 +19,7 @@ service drive. It owns the side effects the pure :class:`RoundMachine` must not 
   that reports a fit without DP (each site decides; the coordinator keeps the record);
 * the hash of the masking policy a participant reports with its fit (never the policy
   or the data) is written into its ``round.contribution`` entry, and a
-  ``masking.policy`` event marks when a participant's hash first appears or changes.
+  ``masking.policy`` event marks when a participant's hash first appears, changes or goes.
 
 All methods are thread-safe: one lock serialises the machine and the database.
 """
@@ -586,8 +586,8 @@ class Coordinator:
         as a ``security.no_dp`` event, once per participant and coordinator run. The
         hash of the masking policy it reports (``masking_policy_sha3``, 64 hex
         characters) goes into its ``round.contribution`` entry, and a
-        ``masking.policy`` event is written when a participant's hash first appears or
-        changes.
+        ``masking.policy`` event is written when a participant's hash first appears,
+        changes or disappears (per coordinator run).
 
         Raises
         ------
@@ -616,16 +616,20 @@ class Coordinator:
                 )
 
     def _record_masking(self, participant: str, sha3: str | None, round: object) -> None:
-        """Remember the participant's policy hash; log it when it first appears or changes."""
+        """Remember the participant's policy hash; log when it appears, changes or goes.
+
+        Per coordinator run: after a restart a site's first report is logged again.
+        """
+        seen = participant in self._masking
         before = self._masking.get(participant)
         self._masking[participant] = sha3
-        if sha3 is None or sha3 == before:
+        if sha3 == before or (sha3 is None and not seen):
             return
         self.events.record(
             actor=self.actor,
             action="masking.policy",
             resource=f"participant/{participant}",
-            outcome="reported",
+            outcome="reported" if sha3 is not None else "removed",
             details={"round": round, "policy_sha3": sha3, "previous_sha3": before},
             now=self._clock(),
         )
