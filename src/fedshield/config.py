@@ -7,7 +7,8 @@ and unknown keys are errors (a typo must not silently fall back to a default)::
     [task]         name, algorithm, proximal_mu, local_epochs, learning_rate, momentum,
                    batch_size
     [data]         dataset, partition, dirichlet_alpha, shards_per_partition,
-                   test_fraction, server_test_fraction, csv_dir, server_csv, label_column
+                   test_fraction, server_test_fraction, csv_dir, server_csv, label_column,
+                   masking_policy
     [participants] count, name_prefix, names
     [rounds]       count, fraction, per_round, min_participants, min_available, fit_timeout_s,
                    evaluate_timeout_s, join_timeout_s, max_retries, final_evaluation
@@ -111,6 +112,10 @@ class DataConfig(_Section):
     csv_dir: str | None = None
     server_csv: str | None = None
     label_column: str = "target"
+    masking_policy: str | None = Field(default=None, min_length=1, max_length=4096)
+    """The participant's masking policy file (``{participant}`` is replaced by its
+    name; relative to the file naming it). Unset: ``<csv_dir>/<participant>.masking.toml``
+    if that file exists. Read by the participant only (docs/masking.md)."""
 
     @model_validator(mode="after")
     def _check_csv(self) -> DataConfig:
@@ -119,6 +124,8 @@ class DataConfig(_Section):
                 "data.csv_dir is required when data.dataset = 'csv' "
                 "(each participant reads <csv_dir>/<participant>.csv)"
             )
+        if self.masking_policy is not None and self.dataset != "csv":
+            raise ValueError("data.masking_policy applies to data.dataset = 'csv' only")
         return self
 
 

@@ -164,8 +164,8 @@ def test_read_csv_site_standardizes_and_splits(tmp_path: Path) -> None:
 
 
 def test_read_csv_names_the_bad_column_and_line(tmp_path: Path) -> None:
-    path = _write(tmp_path / "bad.csv", "age,name,target\n30,1,0\n41,bob,1\n")
-    with pytest.raises(ConfigError, match=r"line 3, column 'name': value 'bob' is not a finite"):
+    path = _write(tmp_path / "bad.csv", "age,grade,target\n30,1,0\n41,high,1\n")
+    with pytest.raises(ConfigError, match=r"line 3, column 'grade': value 'high' is not a finite"):
         read_csv_site(path, label_column="target", test_fraction=0.2, seed=0)
 
 

@@ -15,6 +15,12 @@ privacy ledger in the kit (``privacy-ledger.jsonl``). A fit round that would tak
 site over its budget is declined with the reason (the coordinator counts a dropout);
 the agent says so, stays connected (it may still be asked to evaluate, which costs
 no training privacy) and ends with the federation like any other site.
+
+Masking is the site's decision too (docs/masking.md): its CSV is masked with its own
+policy (``[data] masking_policy`` or ``<csv_dir>/<name>.masking.toml``) and its
+pseudonym key (``masking.key`` in the kit, created 0600 on first use) before the task
+sees it; a column that looks identifying and is neither masked nor allowed stops the
+agent before it connects. Each fit report carries the policy's hash, never the policy.
 """
 
 from __future__ import annotations
@@ -41,7 +47,9 @@ from fedshield.federation.participant import LocalTrainer, train_config_of
 from fedshield.federation.privacy_ledger import LEDGER_FILE, PrivacyLedgerFile, SitePrivacy
 from fedshield.federation.secure_agent import SecureSession, SpentLedger
 from fedshield.identity import Kit, client_ssl_context, load_certificate
+from fedshield.masking.site import KIT_KEY_FILE
 from fedshield.tensors import Layout, flatten
+from fedshield.training.datasets import DataSpec
 from fedshield.training.dpsgd import dataset_tensors
 from fedshield.training.tasks import (
     TaskContext,
@@ -142,8 +150,14 @@ def run_agent(
             f"kit certificate is for {kit.role} {kit.name!r} but participant.toml names {me.name!r}"
         )
     spec = data_spec(
-        settings.data, seed=me.seed, batch_size=me.batch_size, participant=me.name, base_dir=kit.dir
+        settings.data,
+        seed=me.seed,
+        batch_size=me.batch_size,
+        participant=me.name,
+        base_dir=kit.dir,
+        masking_key=kit.dir / KIT_KEY_FILE,
     )
+    masking_sha3 = _announce_masking(spec, say)
     factory = resolve_task(me.task)
     ctx = TaskContext(
         role="participant",
@@ -153,7 +167,7 @@ def run_agent(
         data=spec,
         seed=me.seed,
     )
-    parts = call_task(factory, ctx)
+    parts = call_task(factory, ctx)  # masks the site's CSV; refuses unmasked PII
     layout = Layout.of(model_weights(parts.model))
     privacy = _site_privacy(kit.dir, settings, parts, say)
     transport = settings.transport
@@ -221,7 +235,7 @@ def run_agent(
                     client.decline(task.round, task.attempt, reason)
                     continue
                 try:
-                    outcome = _work(client, parts, layout, task, me, say, privacy)
+                    outcome = _work(client, parts, layout, task, me, say, privacy, masking_sha3)
                 except BudgetExhaustedError as exc:
                     # Refused before training: nothing was computed on the data.
                     assert task.round is not None and task.attempt is not None
@@ -305,6 +319,21 @@ def _secure_stage(
     return session
 
 
+def _announce_masking(spec: DataSpec, say: Callable[[str], None]) -> str | None:
+    """Say which masking policy this site applies; return its hash (None: no policy)."""
+    masking = spec.masking
+    if masking is None:
+        return None
+    if masking.policy is None:
+        say(
+            f"masking: no policy at {masking.policy_path}; the data is scanned for "
+            "identifying columns and refused if it has any"
+        )
+        return None
+    say(f"masking: policy {masking.policy_path} (sha3 {masking.policy_sha3})")
+    return masking.policy_sha3
+
+
 def _site_privacy(
     kit_dir: Path, settings: ParticipantFile, parts: TaskParts, say: Callable[[str], None]
 ) -> SitePrivacy | None:
@@ -345,6 +374,7 @@ def _work(
     me: ParticipantSection,
     say: Callable[[str], None],
     privacy: SitePrivacy | None = None,
+    masking_sha3: str | None = None,
 ) -> SecureUpdate | None:
     assert task.round is not None and task.attempt is not None and task.model_sha3 is not None
     if task.task is None or task.task.name != me.task:
@@ -374,6 +404,7 @@ def _work(
             model_sha3=task.model_sha3,
             num_examples=outcome.num_examples,
             metrics=outcome.metrics,
+            masking_policy_sha3=masking_sha3,
         )
         if "epsilon" in outcome.metrics:
             say(

@@ -16,7 +16,10 @@ service drive. It owns the side effects the pure :class:`RoundMachine` must not 
   it holds and then a signed tree head, from which each participant's receipt is cut;
 * training without differential privacy leaves a ``security.no_dp`` event: once at
   start when the federation's ``[privacy]`` default is off, and once per participant
-  that reports a fit without DP (each site decides; the coordinator keeps the record).
+  that reports a fit without DP (each site decides; the coordinator keeps the record);
+* the hash of the masking policy a participant reports with its fit (never the policy
+  or the data) is written into its ``round.contribution`` entry, and a
+  ``masking.policy`` event marks when a participant's hash first appears, changes or goes.
 
 All methods are thread-safe: one lock serialises the machine and the database.
 """
@@ -28,6 +31,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -59,6 +63,7 @@ from fedshield.federation.round import (
     RoundRetried,
     SecureProgress,
 )
+from fedshield.masking.site import policy_path_for, site_masking
 from fedshield.privacy.accounting import calibrate, compose, epsilon_of
 from fedshield.privacy.clipping import AdaptiveClipping
 from fedshield.privacy.distributed import DistributedEncoding, Rotation
@@ -144,6 +149,8 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_SHA3_HEX = re.compile(r"^[0-9a-f]{64}$")
+
 _CSV_HINT = (
     "data.csv_dir must hold one <participant>.csv per participant (and data.server_csv "
     "the coordinator's test set); for examples/breast_cancer.toml run "
@@ -152,11 +159,23 @@ _CSV_HINT = (
 
 
 def data_spec(
-    data: DataConfig, *, seed: int, batch_size: int, participant: str | None, base_dir: Path
+    data: DataConfig,
+    *,
+    seed: int,
+    batch_size: int,
+    participant: str | None,
+    base_dir: Path,
+    masking_key: Path | None = None,
 ) -> DataSpec:
-    """Build the training module's data spec for ``participant`` (None: the coordinator)."""
+    """Build the training module's data spec for ``participant`` (None: the coordinator).
+
+    A CSV participant also gets its masking (:func:`fedshield.masking.site_masking`):
+    its policy from ``data.masking_policy`` or ``<csv_dir>/<participant>.masking.toml``,
+    and its pseudonym key at ``masking_key`` (created on first use).
+    """
     csv_path = None
     server_csv = None
+    masking = None
     if data.dataset == "csv":
         assert data.csv_dir is not None
         root = (base_dir / data.csv_dir).resolve()
@@ -168,6 +187,16 @@ def data_spec(
                     hint=_CSV_HINT,
                 )
             csv_path = str(path)
+            masking = site_masking(
+                policy_path=policy_path_for(
+                    participant=participant,
+                    csv_dir=root,
+                    configured=data.masking_policy,
+                    base_dir=base_dir,
+                ),
+                key_path=masking_key,
+                required=data.masking_policy is not None,
+            )
     if data.server_csv:
         server_path = (base_dir / data.server_csv).resolve()
         if participant is None and not server_path.is_file():
@@ -188,6 +217,7 @@ def data_spec(
         server_csv_path=server_csv,
         batch_size=batch_size,
         seed=seed,
+        masking=masking,
     )
 
 
@@ -491,6 +521,8 @@ class Coordinator:
                 now=now,
             )
         self._no_dp_seen: set[str] = set()
+        # Each participant's last reported masking policy hash (None: no policy).
+        self._masking: dict[str, str | None] = {}
         self.resumed_from = head.version if completed or aborted else None
         # Resume the numbering of the round that comes next; only attempts that failed
         # for lack of answers count against max_retries, not ones a restart cut short.
@@ -585,14 +617,28 @@ class Coordinator:
         with self._lock:
             self.machine.expects(participant, kind=kind, round=round, attempt=attempt, now=now)
 
-    def submit_fit(self, participant: str, **kwargs: Any) -> None:
+    def submit_fit(
+        self, participant: str, *, masking_policy_sha3: str | None = None, **kwargs: Any
+    ) -> None:
         """Forward a fit result to the machine (see :meth:`RoundMachine.submit_fit`).
 
         A participant that reports training without DP (metric ``dp = 0``) is recorded
-        as a ``security.no_dp`` event, once per participant and coordinator run.
+        as a ``security.no_dp`` event, once per participant and coordinator run. The
+        hash of the masking policy it reports (``masking_policy_sha3``, 64 hex
+        characters) goes into its ``round.contribution`` entry, and a
+        ``masking.policy`` event is written when a participant's hash first appears,
+        changes or disappears (per coordinator run).
+
+        Raises
+        ------
+        PayloadError
+            If ``masking_policy_sha3`` is not 64 lowercase hex characters.
         """
+        if masking_policy_sha3 is not None and not _SHA3_HEX.match(masking_policy_sha3):
+            raise PayloadError("masking_policy_sha3 must be 64 lowercase hex characters")
         with self._lock:
             self.machine.submit_fit(participant, **kwargs)
+            self._record_masking(participant, masking_policy_sha3, kwargs.get("round"))
             metrics = kwargs.get("metrics") or {}
             if metrics.get("dp") == 0 and participant not in self._no_dp_seen:
                 self._no_dp_seen.add(participant)
@@ -608,6 +654,25 @@ class Coordinator:
                     },
                     now=self._clock(),
                 )
+
+    def _record_masking(self, participant: str, sha3: str | None, round: object) -> None:
+        """Remember the participant's policy hash; log when it appears, changes or goes.
+
+        Per coordinator run: after a restart a site's first report is logged again.
+        """
+        seen = participant in self._masking
+        before = self._masking.get(participant)
+        self._masking[participant] = sha3
+        if sha3 == before or (sha3 is None and not seen):
+            return
+        self.events.record(
+            actor=self.actor,
+            action="masking.policy",
+            resource=f"participant/{participant}",
+            outcome="reported" if sha3 is not None else "removed",
+            details={"round": round, "policy_sha3": sha3, "previous_sha3": before},
+            now=self._clock(),
+        )
 
     def distributed_encoding(self, participants: int, *, seed: bytes) -> DistributedEncoding | None:
         """Return this round's distributed-DP settings for ``participants`` inputs, or None.
@@ -967,6 +1032,7 @@ class Coordinator:
             )
         for name in request.answered:
             # The entry each participant's receipt proves (fedshield audit receipt).
+            masking = self._masking.get(name)
             self.events.record(
                 actor=self.actor,
                 action="round.contribution",
@@ -977,6 +1043,7 @@ class Coordinator:
                     "attempt": request.attempt,
                     "model_version": version.version,
                     "model_sha3": version.sha3,
+                    **({"masking_policy_sha3": masking} if masking is not None else {}),
                 },
                 now=self._clock(),
             )

@@ -24,6 +24,8 @@ def absolute_data_paths(config: FederationConfig, base_dir: Path) -> FederationC
         update["csv_dir"] = str((base_dir / data.csv_dir).resolve())
     if data.server_csv:
         update["server_csv"] = str((base_dir / data.server_csv).resolve())
+    if data.masking_policy:
+        update["masking_policy"] = str((base_dir / data.masking_policy).resolve())
     if not update:
         return config
     return config.model_copy(update={"data": data.model_copy(update=update)})

@@ -24,6 +24,11 @@ its own ``participant.toml``). A site's privacy ledger is
 ``<workdir>/privacy/<site>.jsonl``, so a simulation resumed in the same workdir
 remembers what each site spent. A site whose budget a round would exceed refuses it;
 the refusal is a dropout, recorded with the round (its reason in the round log).
+
+Masking (CSV data): each site masks its file with its own policy exactly as a networked
+participant does; its pseudonym key is ``<workdir>/masking/<site>.key``. A column that
+looks identifying and is not masked is a configuration error: it stops the run. Each
+site's fit carries its policy hash to the coordinator's audit log.
 """
 
 from __future__ import annotations
@@ -109,6 +114,7 @@ class _Sites:
         if unknown:
             raise ConfigError(f"site_privacy names unknown participants {unknown}")
         self._trainers: dict[str, LocalTrainer] = {}
+        self.masking_sha3: dict[str, str | None] = {}
 
     def privacy(self, name: str) -> SitePrivacy | None:
         """Return the site's DP settings and ledger, or None if it trains without DP."""
@@ -131,7 +137,9 @@ class _Sites:
                 batch_size=self.config.task.batch_size,
                 participant=name,
                 base_dir=self.base_dir,
+                masking_key=self.workdir / "masking" / f"{name}.key",
             )
+            self.masking_sha3[name] = spec.masking.policy_sha3 if spec.masking else None
             ctx = TaskContext(
                 role="participant",
                 name=name,
@@ -305,6 +313,7 @@ def _play_fit(
                 update=update,
                 metrics=outcome.metrics,
                 now=utcnow(),
+                masking_policy_sha3=sites.masking_sha3.get(name),
             )
         except FedshieldError as exc:
             refused[name] = exc.message

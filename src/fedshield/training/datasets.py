@@ -17,8 +17,10 @@ site's own training mean and standard deviation -- the statistics never leave th
 The coordinator's test set is standardized with its own statistics.
 
 A real participant brings a CSV file (:func:`read_csv_site`): a header row, one
-integer ``label_column`` and numeric features. :func:`write_site_csvs` writes such
-files from ``breast_cancer`` for demos.
+integer ``label_column`` and numeric features, plus any identifying columns its masking
+policy drops, pseudonymizes or generalizes first (:mod:`fedshield.masking`).
+:func:`write_site_csvs` writes such files from ``breast_cancer`` for demos, optionally
+with synthetic identifying columns.
 """
 
 from __future__ import annotations
@@ -26,25 +28,31 @@ from __future__ import annotations
 import csv
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from fedshield.errors import ConfigError
 from fedshield.training.partition import PartitionName, partition
 
+if TYPE_CHECKING:
+    from fedshield.masking.site import SiteMasking
+    from fedshield.secagg.randomness import SecureRandom
+
 __all__ = [
     "ArrayDataset",
     "BuiltinName",
     "DataSpec",
     "DatasetName",
+    "IDENTIFYING_COLUMNS",
     "load_builtin",
     "read_csv_site",
     "server_test_set",
     "site_split",
+    "synthetic_identities",
     "write_site_csvs",
 ]
 
@@ -126,6 +134,9 @@ class DataSpec:
         Mini-batch size of the data loaders (>= 1).
     seed : int, default 0
         Seed (>= 0) of shuffles, partitions and splits.
+    masking : SiteMasking or None
+        The participant's masking (policy, key), applied to its CSV before the feature
+        matrix is built (:func:`read_csv_site`); None scans without a policy.
     """
 
     dataset: DatasetName
@@ -139,6 +150,7 @@ class DataSpec:
     server_csv_path: str | None = None
     batch_size: int = 32
     seed: int = 0
+    masking: SiteMasking | None = None
 
     def __post_init__(self) -> None:
         """Validate every field; raise ConfigError naming the first bad one."""
@@ -390,8 +402,8 @@ def server_test_set(spec: DataSpec) -> ArrayDataset | None:
 # --------------------------------------------------------------------------------- CSV
 
 
-def _read_csv(path: Path, *, label_column: str) -> ArrayDataset:
-    """Parse a CSV file into raw float32 features and int64 labels."""
+def _read_rows(path: Path, *, label_column: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Return the header and the non-empty rows (with their line numbers) of a CSV file."""
     if not path.is_file():
         raise ConfigError(
             f"CSV file {path} does not exist",
@@ -410,30 +422,98 @@ def _read_csv(path: Path, *, label_column: str) -> ArrayDataset:
             f"CSV file {path} has no label column {label_column!r}; columns are {header}",
             hint="Set data.label_column to the column holding the class ids.",
         )
-    label_at = header.index(label_column)
-    feature_at = [i for i in range(len(header)) if i != label_at]
-    if not feature_at:
-        raise ConfigError(f"CSV file {path} has no feature columns besides {label_column!r}")
+    if len(set(header)) != len(header):
+        raise ConfigError(f"CSV file {path} repeats a column name: {header}")
     body = [(line, row) for line, row in enumerate(rows[1:], start=2) if any(row)]
     if not body:
         raise ConfigError(f"CSV file {path} has a header but no data rows")
-    x = np.empty((len(body), len(feature_at)), dtype=np.float64)
-    y = np.empty(len(body), dtype=np.int64)
-    for r, (line, row) in enumerate(body):
+    for line, row in body:
         if len(row) != len(header):
             raise ConfigError(
                 f"CSV file {path}, line {line}: {len(row)} values, header has {len(header)}"
             )
-        for c, i in enumerate(feature_at):
-            x[r, c] = _number(row[i], path=path, line=line, column=header[i])
-        label = _number(row[label_at], path=path, line=line, column=label_column)
+    return header, body
+
+
+def _table_dataset(
+    path: Path,
+    *,
+    lines: Sequence[int],
+    columns: Mapping[str, Sequence[str]],
+    features: Sequence[str],
+    label_column: str,
+) -> ArrayDataset:
+    """Parse the ``features`` columns as float32 and ``label_column`` as int64 labels."""
+    if not features:
+        raise ConfigError(f"CSV file {path} has no feature columns besides {label_column!r}")
+    x = np.empty((len(lines), len(features)), dtype=np.float64)
+    y = np.empty(len(lines), dtype=np.int64)
+    for c, column in enumerate(features):
+        for r, cell in enumerate(columns[column]):
+            x[r, c] = _number(cell, path=path, line=lines[r], column=column)
+    for r, cell in enumerate(columns[label_column]):
+        label = _number(cell, path=path, line=lines[r], column=label_column)
         if label != int(label) or label < 0:
             raise ConfigError(
-                f"CSV file {path}, line {line}, column {label_column!r}: label "
-                f"{row[label_at]!r} is not a non-negative integer class id"
+                f"CSV file {path}, line {lines[r]}, column {label_column!r}: label "
+                f"{cell!r} is not a non-negative integer class id"
             )
         y[r] = int(label)
     return ArrayDataset(x=x.astype(np.float32), y=y, num_classes=int(y.max()) + 1)
+
+
+def _read_csv(path: Path, *, label_column: str) -> ArrayDataset:
+    """Parse a CSV file into raw float32 features and int64 labels (no masking)."""
+    header, body = _read_rows(path, label_column=label_column)
+    columns = {name: [row[i] for _, row in body] for i, name in enumerate(header)}
+    return _table_dataset(
+        path,
+        lines=[line for line, _ in body],
+        columns=columns,
+        features=[name for name in header if name != label_column],
+        label_column=label_column,
+    )
+
+
+def _read_masked_csv(
+    path: Path,
+    *,
+    label_column: str,
+    masking: SiteMasking | None,
+    rng: SecureRandom | None,
+) -> ArrayDataset:
+    """Read a participant's CSV, mask it with its policy, and parse only the features."""
+    from fedshield.masking.table import mask_table
+
+    header, body = _read_rows(path, label_column=label_column)
+    policy = masking.policy if masking is not None else None
+    if (
+        rng is None
+        and policy is not None
+        and any(rule.action == "perturb" for rule in policy.columns.values())
+    ):
+        from fedshield.secagg.randomness import system_random
+
+        rng = system_random()
+    try:
+        masked = mask_table(
+            header,
+            [row for _, row in body],
+            policy=policy,
+            label_column=label_column,
+            key=masking.key if masking is not None else None,
+            rng=rng,
+            policy_path=str(masking.policy_path) if masking is not None else None,
+        )
+    except ConfigError as exc:
+        raise type(exc)(f"CSV file {path}: {exc.message}", hint=exc.hint) from exc
+    return _table_dataset(
+        path,
+        lines=[line for line, _ in body],
+        columns=masked.columns,
+        features=masked.features,
+        label_column=label_column,
+    )
 
 
 def _number(cell: str, *, path: Path, line: int, column: str) -> float:
@@ -451,14 +531,27 @@ def _number(cell: str, *, path: Path, line: int, column: str) -> float:
 
 
 def read_csv_site(
-    path: str | Path, *, label_column: str, test_fraction: float, seed: int
+    path: str | Path,
+    *,
+    label_column: str,
+    test_fraction: float,
+    seed: int,
+    masking: SiteMasking | None = None,
+    rng: SecureRandom | None = None,
 ) -> tuple[ArrayDataset, ArrayDataset]:
-    """Read a participant's own CSV file into standardized (train, test) sets.
+    """Read a participant's own CSV file, mask it, and return standardized (train, test).
+
+    Masking happens here, before any feature is parsed
+    (:func:`fedshield.masking.mask_table`): the PII scanner looks at every column; a
+    flagged column the site's policy neither masks nor allows stops the load; dropped
+    columns vanish; the feature matrix holds only the columns whose rule says
+    ``feature`` (by default every unnamed column, kept, perturbed, bucketed or year
+    column -- never a pseudonym, a month or a zip prefix).
 
     Parameters
     ----------
     path : str or Path
-        CSV file with a header row. Every column except ``label_column`` must be
+        CSV file with a header row. Every feature column (after masking) must be
         numeric; ``label_column`` holds non-negative integer class ids.
     label_column : str
         Name of the label column.
@@ -467,6 +560,11 @@ def read_csv_site(
         when the file has two or more and ``test_fraction > 0``.
     seed : int
         Seed (>= 0) of the train/test shuffle.
+    masking : SiteMasking or None
+        The site's policy and key (:func:`fedshield.masking.site_masking`); None masks
+        nothing, and then any column the scanner flags stops the load.
+    rng : SecureRandom or None
+        Random source of ``perturb``; None uses the operating system's CSPRNG.
 
     Returns
     -------
@@ -476,26 +574,86 @@ def read_csv_site(
 
     Raises
     ------
+    UnmaskedPIIError
+        If a column looks identifying and the policy neither masks nor allows it.
     ConfigError
         If the file is missing or empty, has no ``label_column``, a non-numeric or
-        non-finite value (the message names the line and column) or a bad label.
+        non-finite feature value (the message names the line and column), a bad label,
+        or a policy that does not fit the file.
     """
     if not 0.0 <= test_fraction < 1.0:
         raise ConfigError(f"test_fraction must be in [0, 1), got {test_fraction}")
     if seed < 0:
         raise ConfigError(f"seed must be >= 0, got {seed}")
-    table = _read_csv(Path(path), label_column=label_column)
+    table = _read_masked_csv(Path(path), label_column=label_column, masking=masking, rng=rng)
     train_pos, test_pos = _split_train_test(len(table), test_fraction=test_fraction, seed=seed)
     train, test = _standardize(table.subset(np.sort(train_pos)), table.subset(np.sort(test_pos)))
     return train, test
 
 
-def _write_csv(path: Path, header: Sequence[str], x: np.ndarray, y: np.ndarray) -> None:
+def _write_csv(
+    path: Path,
+    header: Sequence[str],
+    x: np.ndarray,
+    y: np.ndarray,
+    identities: Sequence[Sequence[str]] = (),
+) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
-        for features, label in zip(x, y, strict=True):
-            writer.writerow([repr(float(v)) for v in features] + [str(int(label))])
+        people = identities or [[] for _ in range(len(y))]
+        for person, features, label in zip(people, x, y, strict=True):
+            writer.writerow([*person, *(repr(float(v)) for v in features), str(int(label))])
+
+
+IDENTIFYING_COLUMNS: tuple[str, ...] = (
+    "patient_name",
+    "email",
+    "phone",
+    "date_of_birth",
+    "zip",
+    "mrn",
+)
+"""The synthetic identifying columns :func:`write_site_csvs` adds with ``identifying=True``."""
+
+_FIRST = (
+    "Maria", "James", "Aisha", "Chen", "Olga", "Pedro", "Fatima", "John", "Yuki", "Amara",
+    "Lucas", "Sofia", "Ivan", "Grace", "Omar", "Elena", "David", "Mei", "Noah", "Zara",
+)  # fmt: skip
+_LAST = (
+    "Lopez", "Smith", "Khan", "Wang", "Petrova", "Silva", "Haddad", "Brown", "Tanaka",
+    "Okafor", "Martin", "Rossi", "Novak", "Kim", "Farah", "Garcia", "Cohen", "Li", "Jones",
+    "Mensah",
+)  # fmt: skip
+
+
+def synthetic_identities(count: int, *, seed: int) -> list[list[str]]:
+    """Return ``count`` fictitious people: the cells of :data:`IDENTIFYING_COLUMNS`.
+
+    Deterministic in ``seed``. Names come from short built-in lists, e-mails use the
+    reserved ``example.org`` domain and phone numbers the fictional 555-0100 to
+    555-0199 range; no
+    value belongs to a real person.
+    """
+    rng = np.random.default_rng([seed, 7])
+    people: list[list[str]] = []
+    for i in range(count):
+        first = _FIRST[int(rng.integers(len(_FIRST)))]
+        last = _LAST[int(rng.integers(len(_LAST)))]
+        year = int(rng.integers(1930, 2001))
+        month = int(rng.integers(1, 13))
+        day = int(rng.integers(1, 29))
+        people.append(
+            [
+                f"{first} {last}",
+                f"{first.lower()}.{last.lower()}{i}@example.org",
+                f"({int(rng.integers(201, 990))}) 555-01{int(rng.integers(100)):02d}",
+                f"{year:04d}-{month:02d}-{day:02d}",
+                f"{int(rng.integers(1000, 100000)):05d}",
+                f"MRN-{int(rng.integers(10**6, 10**7))}",
+            ]
+        )
+    return people
 
 
 def write_site_csvs(
@@ -507,6 +665,7 @@ def write_site_csvs(
     alpha: float = 0.5,
     seed: int = 0,
     server_test_fraction: float = 0.2,
+    identifying: bool = False,
 ) -> dict[str, Path]:
     """Write one CSV per participant, and the coordinator's test CSV, for a demo.
 
@@ -532,6 +691,11 @@ def write_site_csvs(
         Seed (>= 0) of the shuffle and partition.
     server_test_fraction : float, default 0.2
         Share written to ``<out_dir>/server_test.csv``, in ``[0, 1)``.
+    identifying : bool, default False
+        Prepend synthetic identifying columns (:data:`IDENTIFYING_COLUMNS`, from
+        :func:`synthetic_identities`, seeded by ``seed`` and the site's position) to
+        each participant's file, as a hospital extract would carry them; the server
+        test file never has them. A participant then needs a masking policy.
 
     Returns
     -------
@@ -574,9 +738,11 @@ def write_site_csvs(
     header = [*feature_names, "target"]
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    for name, idx in zip(names, parts, strict=True):
+    for position, (name, idx) in enumerate(zip(names, parts, strict=True)):
         paths[name] = out_dir / f"{name}.csv"
-        _write_csv(paths[name], header, x[np.sort(idx)], y[np.sort(idx)])
+        people = synthetic_identities(idx.size, seed=seed * 1000 + position) if identifying else []
+        site_header = [*IDENTIFYING_COLUMNS, *header] if identifying else header
+        _write_csv(paths[name], site_header, x[np.sort(idx)], y[np.sort(idx)], people)
     paths["server_test"] = out_dir / "server_test.csv"
     _write_csv(paths["server_test"], header, x[server], y[server])
     return paths

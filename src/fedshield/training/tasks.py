@@ -169,6 +169,7 @@ def _site_data(ctx: TaskContext) -> tuple[ArrayDataset, ArrayDataset]:
             label_column=spec.label_column,
             test_fraction=spec.test_fraction,
             seed=spec.seed,
+            masking=spec.masking,
         )
     return site_split(spec, partition_index=ctx.partition_index, num_partitions=ctx.num_partitions)
 

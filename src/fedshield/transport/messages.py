@@ -79,6 +79,9 @@ class FitMeta(_Message):
     model_sha3: str = Field(pattern=_SHA3)
     num_examples: int = Field(ge=1, le=10**9)
     metrics: dict[str, float] = Field(default_factory=dict, max_length=32)
+    masking_policy_sha3: str | None = Field(default=None, pattern=_SHA3)
+    """SHA3-256 of the canonical form of the masking policy the site applied to its data
+    (:func:`fedshield.masking.policy_sha3`); None when it has none. Never the data."""
 
 
 class EvaluationResult(_Message):
