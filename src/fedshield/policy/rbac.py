@@ -254,5 +254,7 @@ class Policy:
         if granted is None:
             return Decision(False, role, permission, f"role {role!r} is not in the access policy")
         if permission not in granted:
-            return Decision(False, role, permission, f"role {role!r} may not {permission}")
+            return Decision(
+                False, role, permission, f"role {role!r} does not have permission {permission}"
+            )
         return Decision(True, role, permission, "granted by the access policy")
