@@ -471,3 +471,50 @@ def test_the_coordinator_certificate_cannot_be_used_as_a_client(
         pytest.raises(httpx.TransportError),
     ):
         http.get("/v1/health")
+
+
+@pytest.mark.timeout(240)
+def test_a_participant_revoked_during_secure_aggregation_leaves_it_at_the_next_stage(
+    federation_factory: FederationFactory,
+) -> None:
+    federation = federation_factory(
+        {
+            "secure_aggregation": {"enabled": True, "stage_timeout_s": 30.0},
+            "participants": {"count": 5},
+            "rounds": {"count": 1, "min_available": 5, "final_evaluation": False},
+        }
+    )
+    federation.start_coordinator()
+    honest, victim = federation.names[:4], federation.names[4]
+    federation.start_participants(honest)
+    with federation.client(victim, max_retries=3) as client:
+        task = _fit_task(client, victim)
+        assert task.secure_aggregation
+        meta = FitMeta(
+            round=task.round, attempt=task.attempt, model_sha3=task.model_sha3, num_examples=50
+        )
+        client.push_fit_report(meta)
+
+        def advertise() -> Any:
+            got = client.next_task(wait_s=1.0)
+            return got if got is not None and got.kind == "secagg" else None
+
+        setup = wait_until(advertise, timeout_s=90.0, what="the advertise stage")
+        assert setup.stage == "advertise" and victim in setup.secagg["certificates"]
+        with _admin(federation) as admin:
+            admin.revoke(victim, reason="compromised during the round")
+        # Its answer to the stage is refused; the stage does not wait 30 s for it.
+        reply = client.post_raw(
+            f"/v1/rounds/{meta.round}/secagg/advertise", b"{}", params={"attempt": meta.attempt}
+        )
+        assert reply.status_code == 403 and "revoked" in reply.json()["error"]
+    codes = federation.wait_exit({n: federation.participants[n] for n in honest}, timeout_s=150)
+    assert codes == dict.fromkeys(honest, 0), federation.describe()
+    # (An attempt may have failed first if the agents were slow to start.)
+    (record,) = [r for r in federation.round_log() if r.kind == "fit" and r.status == "committed"]
+    assert sorted(record.answered) == sorted(honest)
+    assert victim in record.dropped
+    (finished,) = [e for e in _events(federation) if e.action == "secagg.finish"]
+    assert sorted(finished.details["survivors"]) == sorted(honest)  # type: ignore[arg-type]
+    refused = finished.details["refused"][victim]  # type: ignore[index]
+    assert refused == "advertise: certificate revoked: compromised during the round"

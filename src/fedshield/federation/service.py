@@ -118,7 +118,7 @@ class CoordinatorService:
     def revoked_seen(self, name: str) -> None:
         """Make sure the round knows of ``name``'s revocation (its request was refused)."""
         if name in self.names and name not in self.coordinator.revoked():
-            self._revoke(name, "its certificate is revoked")
+            self._revoke(name)
             self.wake()
 
     def apply_revocations(self, now: bool = False) -> None:
@@ -131,9 +131,13 @@ class CoordinatorService:
             self.revocations.invalidate()
         self.revocations.refresh()
         for name in sorted((self.revocations.names & self.names) - self.coordinator.revoked()):
-            self._revoke(name, "its certificate was revoked")
+            self._revoke(name)
 
-    def _revoke(self, name: str, reason: str) -> None:
+    def _revoke(self, name: str) -> None:
+        reason = next(
+            (r.reason for r in reversed(self.revocations.records) if r.name == name),
+            "revoked",
+        )
         self.coordinator.revoke(name, reason)
         self._seen.pop(name, None)
         relay = self.secure.relay if self.secure is not None else None
