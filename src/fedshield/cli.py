@@ -689,6 +689,74 @@ def participant(
     )
 
 
+# -- identity: distributed provisioning -----------------------------------------------------
+
+identity_app = typer.Typer(
+    help="Distributed provisioning: a site makes its keys and a CSR, the admin signs it.",
+    no_args_is_help=True,
+)
+app.add_typer(identity_app, name="identity")
+
+
+@identity_app.command("csr")
+def identity_csr(
+    name: Annotated[str, typer.Option("--name", help="The entity name (certificate CN).")],
+    org: Annotated[str, typer.Option("--org", help="The organization (certificate O).")],
+    federation: Annotated[str, typer.Option("--federation", help="The federation id.")],
+    out: Annotated[Path, typer.Option("--out", help="The new kit directory (at the site).")],
+    role: Annotated[str, typer.Option("--role", help="The role (certificate OU).")] = (
+        "participant"
+    ),
+) -> None:
+    """Make this site's keys and a certificate signing request; keys never leave OUT."""
+    from fedshield.identity.csr import make_request
+
+    result = make_request(out, federation=federation, name=name, organization=org, role=role)
+    _out.print(f"keys and request written to {escape(str(result.kit_dir))}")
+    _out.print(
+        f"send only {escape(str(result.request_path))} to the federation admin; put the "
+        "cert.pem and ca.crt you get back into the same directory"
+    )
+
+
+@identity_app.command("sign")
+def identity_sign(
+    request: Annotated[Path, typer.Argument(help="The site's request.csr.")],
+    ca: Annotated[Path, typer.Option("--ca", help="The CA directory (ca.crt, ca.key).")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the certificate.")],
+    valid_days: Annotated[int, typer.Option(min=1, help="Lifetime in days.")] = 825,
+    policy: Annotated[
+        Path | None, typer.Option(help="The access policy, if the role is a custom one.")
+    ] = None,
+) -> None:
+    """Sign a site's CSR with the federation CA (admin); prints who it vouches for."""
+    from fedshield.federation.coordinator import utcnow
+    from fedshield.identity import load_certificate, load_private_key, write_certificate
+    from fedshield.identity.csr import sign_request
+    from fedshield.policy import load_policy
+
+    try:
+        data = request.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {request}: {exc.strerror}") from exc
+    roles = tuple(load_policy(policy).roles)
+    cert, identity = sign_request(
+        data,
+        load_private_key(ca / "ca.key"),
+        load_certificate(ca / "ca.crt"),
+        now=utcnow(),
+        valid_days=valid_days,
+        roles=roles,
+    )
+    write_certificate(out, cert)
+    _out.print(
+        f"signed {escape(identity.name)} ({escape(identity.organization)}, role "
+        f"{escape(identity.role)}), certificate sha256 {identity.fingerprint_sha256}, "
+        f"valid until {identity.not_after.isoformat()}"
+    )
+    _out.print(f"certificate written to {escape(str(out))}; send it and ca/ca.crt to the site")
+
+
 # -- models ---------------------------------------------------------------------------------
 
 

@@ -522,3 +522,40 @@ def test_a_participant_revoked_during_secure_aggregation_leaves_it_at_the_next_s
     assert sorted(finished.details["survivors"]) == sorted(honest)  # type: ignore[arg-type]
     refused = finished.details["refused"][victim]  # type: ignore[index]
     assert refused == "advertise: certificate revoked: compromised during the round"
+
+
+@pytest.mark.timeout(180)
+def test_a_site_provisioned_from_its_own_csr_takes_part_over_tls(
+    federation_factory: FederationFactory, tmp_path: Path
+) -> None:
+    federation = federation_factory({"rounds": {"join_timeout_s": 600.0}})
+    federation.start_coordinator()
+    name = federation.names[-1]
+    site = tmp_path / "site-kit"
+
+    def fedshield(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "fedshield", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done
+
+    fedshield(
+        "identity", "csr", "--name", name, "--org", name, "--federation",
+        federation.config.federation.name, "--out", str(site),
+    )  # fmt: skip
+    signed = fedshield(
+        "identity", "sign", str(site / "request.csr"), "--ca",
+        str(federation.kits.ca_cert_path.parent), "--out", str(tmp_path / "cert.pem"),
+    )  # fmt: skip
+    assert f"signed {name}" in signed.stdout
+    shutil.copy(tmp_path / "cert.pem", site / "cert.pem")
+    shutil.copy(federation.kits.ca_cert_path, site / "ca.crt")
+    kit = Kit.load(site)
+    with CoordinatorClient(federation.url, ssl_context=client_ssl_context(kit)) as client:
+        assert client.next_task(wait_s=0) is None  # accepted as the enrolled participant
+    assert name in federation.status()["available"]

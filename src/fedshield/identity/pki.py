@@ -64,6 +64,7 @@ __all__ = [
     "identity_from_der",
     "identity_of",
     "issue_certificate",
+    "issue_certificate_for",
     "load_certificate",
     "load_private_key",
     "load_signing_key",
@@ -370,6 +371,90 @@ def issue_certificate(
     ValueError
         If ``now`` is naive.
     """
+    key = _new_key()
+    cert = issue_certificate_for(
+        ca_key,
+        ca_cert,
+        key.public_key(),
+        name=name,
+        organization=organization,
+        role=role,
+        now=now,
+        valid_days=valid_days,
+        dns_names=dns_names,
+        ip_addresses=ip_addresses,
+        signing_key=signing_key,
+        roles=roles,
+    )
+    return key, cert
+
+
+def issue_certificate_for(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    name: str,
+    organization: str,
+    role: Role,
+    now: datetime,
+    valid_days: int = 825,
+    dns_names: Sequence[str] = (),
+    ip_addresses: Sequence[str] = (),
+    signing_key: ed25519.Ed25519PublicKey | None = None,
+    roles: Collection[str] = ROLES,
+) -> x509.Certificate:
+    """Issue a leaf certificate for a given P-256 public key (a site's CSR).
+
+    The same as :func:`issue_certificate`, except that the key pair is the caller's:
+    the private key never reaches the CA (distributed provisioning, see
+    :mod:`fedshield.identity.csr`).
+
+    Parameters
+    ----------
+    ca_key : ec.EllipticCurvePrivateKey
+        The CA's private key; it must belong to ``ca_cert``.
+    ca_cert : x509.Certificate
+        The CA certificate, as made by :func:`create_ca`.
+    name : str
+        Entity name (``CN``), 1 to 64 characters of ``A-Z a-z 0-9 . _ -`` starting with
+        a letter or digit.
+    organization : str
+        Organization (``O``), 1 to 64 printable characters.
+    role : Role
+        Role (``OU``). ``"coordinator"`` gets a server certificate (``serverAuth``),
+        every other role a client certificate (``clientAuth``).
+    now : datetime
+        Current time, timezone-aware. The certificate is valid from five minutes
+        before it.
+    valid_days : int
+        Lifetime in days, >= 1; the certificate must not outlive the CA.
+    dns_names : Sequence[str]
+        DNS names for the subjectAltName (the host names clients connect to; needed
+        for a coordinator, whose clients check the host name).
+    ip_addresses : Sequence[str]
+        IPv4 or IPv6 addresses for the subjectAltName.
+    signing_key : ed25519.Ed25519PublicKey | None
+        The entity's Ed25519 signing key, bound in the non-critical extension
+        :data:`SIGNING_KEY_OID` (read it back with :func:`signing_key_of`); ``None``
+        issues a certificate without one.
+    roles : Collection[str]
+        The roles ``role`` must be one of: the built-in :data:`ROLES`, plus the custom
+        roles of the federation's access policy when it has some.
+
+    Returns
+    -------
+    x509.Certificate
+        The certificate, with a random serial number.
+
+    Raises
+    ------
+    IdentityError
+        If an argument is invalid, ``ca_key`` does not belong to ``ca_cert``, the CA is
+        not a CA or not valid at ``now``, or the certificate would outlive the CA.
+    ValueError
+        If ``now`` is naive.
+    """
     _check_name(name)
     _check_organization(organization)
     checked_role = _check_role(_check_role(role, None), roles)
@@ -413,7 +498,10 @@ def issue_certificate(
         if checked_role == "coordinator"
         else ExtendedKeyUsageOID.CLIENT_AUTH
     )
-    key = _new_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
+        public_key.curve, ec.SECP256R1
+    ):
+        raise IdentityError("the certificate's key must be a P-256 (secp256r1) public key")
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.COMMON_NAME, name),
@@ -425,7 +513,7 @@ def issue_certificate(
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(start - _CLOCK_SKEW)
         .not_valid_after(not_after)
@@ -445,7 +533,7 @@ def issue_certificate(
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(_ski(key.public_key()), critical=False)
+        .add_extension(_ski(public_key), critical=False)
         .add_extension(aki, critical=False)
     )
     if sans:
@@ -456,7 +544,7 @@ def issue_certificate(
             x509.UnrecognizedExtension(SIGNING_KEY_OID, _SIGNING_KEY_PREFIX + raw),
             critical=False,
         )
-    return key, builder.sign(ca_key, hashes.SHA256())
+    return builder.sign(ca_key, hashes.SHA256())
 
 
 def _single_attribute(cert: x509.Certificate, oid: x509.ObjectIdentifier, label: str) -> str:
