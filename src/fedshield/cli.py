@@ -757,6 +757,79 @@ def identity_sign(
     _out.print(f"certificate written to {escape(str(out))}; send it and ca/ca.crt to the site")
 
 
+@identity_app.command("rotate")
+def identity_rotate(
+    kit: Annotated[Path, typer.Option("--kit", help="The kit to re-key (in place).")],
+    ca: Annotated[Path, typer.Option("--ca", help="The CA directory (ca.crt, ca.key).")],
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            "--workdir", help="The coordinator's workdir: revoke the old certificate there."
+        ),
+    ] = None,
+    grace_s: Annotated[
+        float, typer.Option(min=0.0, help="Seconds the old certificate stays valid.")
+    ] = 3600.0,
+    valid_days: Annotated[int, typer.Option(min=1, help="Lifetime in days.")] = 825,
+) -> None:
+    """Give an entity a new key pair and certificate; revoke the old one after a grace period."""
+    from datetime import timedelta
+
+    from fedshield.federation.coordinator import utcnow
+    from fedshield.identity import Kit, load_certificate, load_private_key
+    from fedshield.identity.rotate import rotate_kit
+    from fedshield.storage import EventLog
+    from fedshield.storage.identity import Revocations
+
+    db = _database(workdir) if workdir is not None else None
+    now = utcnow()
+    try:
+        rotation = rotate_kit(
+            Kit.load(kit, now=now),
+            load_private_key(ca / "ca.key"),
+            load_certificate(ca / "ca.crt"),
+            now=now,
+            valid_days=valid_days,
+        )
+        _out.print(
+            f"{escape(rotation.new.name)}: new certificate {rotation.new.fingerprint_sha256} "
+            f"(valid until {rotation.new.not_after.isoformat()}); the old one is "
+            f"{escape(str(kit))}/cert.pem.previous"
+        )
+        if db is None:
+            _out.print(
+                "the old certificate stays valid until it expires: pass --workdir on the "
+                "coordinator host to revoke it"
+            )
+            return
+        effective = now + timedelta(seconds=grace_s)
+        Revocations(db).revoke(
+            rotation.old.name,
+            reason=f"rotated to {rotation.new.fingerprint_sha256[:16]}",
+            actor=_local_actor(),
+            now=now,
+            fingerprint_sha256=rotation.old.fingerprint_sha256,
+            serial=rotation.old.serial,
+            effective_at=effective,
+        )
+        EventLog(db).record(
+            actor=_local_actor(),
+            action="identity.rotate",
+            resource=f"participant/{rotation.old.name}",
+            outcome="ok",
+            details={
+                "old_cert_sha256": rotation.old.fingerprint_sha256,
+                "new_cert_sha256": rotation.new.fingerprint_sha256,
+                "old_revoked_at": effective.isoformat(),
+            },
+            now=now,
+        )
+        _out.print(f"the old certificate is refused from {effective.isoformat()} on")
+    finally:
+        if db is not None:
+            db.close()
+
+
 # -- models ---------------------------------------------------------------------------------
 
 

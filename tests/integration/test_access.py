@@ -559,3 +559,41 @@ def test_a_site_provisioned_from_its_own_csr_takes_part_over_tls(
     with CoordinatorClient(federation.url, ssl_context=client_ssl_context(kit)) as client:
         assert client.next_task(wait_s=0) is None  # accepted as the enrolled participant
     assert name in federation.status()["available"]
+
+
+@pytest.mark.timeout(180)
+def test_a_rotated_certificate_replaces_the_old_one_over_tls(
+    federation_factory: FederationFactory, tmp_path: Path
+) -> None:
+    federation = federation_factory({"rounds": {"join_timeout_s": 600.0}})
+    federation.start_coordinator()
+    name = federation.names[0]
+    kit_dir = federation.kits.participant_dirs[name]
+    old_kit = tmp_path / "old-kit"
+    shutil.copytree(kit_dir, old_kit)  # the site's agent still runs with the old kit
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "fedshield", "identity", "rotate", "--kit", str(kit_dir),
+            "--ca", str(federation.kits.ca_cert_path.parent), "--workdir",
+            str(federation.workdir), "--grace-s", "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with (
+        CoordinatorClient(federation.url, ssl_context=client_ssl_context(Kit.load(old_kit))) as old,
+        CoordinatorClient(federation.url, ssl_context=client_ssl_context(Kit.load(kit_dir))) as new,
+    ):
+        wait_until(
+            lambda: old._client.get("/v1/task", params={"wait_s": 0}).status_code == 403,
+            timeout_s=20.0,
+            what="the old certificate to be refused",
+        )
+        assert new.next_task(wait_s=0) is None  # the new certificate works
+    # A rotation is not a revocation of the participant.
+    with _admin(federation) as admin:
+        rows = {r["name"]: r for r in admin.participants()}
+    assert rows[name]["status"] == "enrolled"

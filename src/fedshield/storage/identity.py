@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
@@ -99,8 +99,12 @@ class Revocations:
         now: datetime,
         fingerprint_sha256: str | None = None,
         serial: str | None = None,
+        effective_at: datetime | None = None,
     ) -> RevocationRecord:
         """Revoke ``name`` (every certificate of it, or one by fingerprint); durable on return.
+
+        ``effective_at`` (one certificate only, e.g. after a rotation's grace period) is
+        when the revocation takes effect, stored as ``revoked_at``; default ``now``.
 
         Raises
         ------
@@ -109,6 +113,9 @@ class Revocations:
             64 lower-case hex digits, or ``now`` is naive.
         """
         now = check_utc(now)
+        effective = check_utc(effective_at, "effective_at") if effective_at is not None else now
+        if effective != now and fingerprint_sha256 is None:
+            raise ValueError("only a single certificate's revocation can take effect later")
         reason = reason.strip()
         if not 1 <= len(reason) <= _REASON_MAX_CHARS:
             raise ValueError(f"reason must be 1 to {_REASON_MAX_CHARS} characters, got {reason!r}")
@@ -126,7 +133,7 @@ class Revocations:
                 serial=serial,
                 reason=reason,
                 actor=actor,
-                revoked_at=now,
+                revoked_at=effective,
             )
             session.add(row)
             session.flush()
@@ -156,6 +163,8 @@ class RevocationCache:
         lookup). A revocation another process writes is enforced within this bound.
     clock
         A monotonic clock in seconds (a parameter so tests can drive it).
+    wall_clock
+        The current UTC time, for revocations that take effect later (rotation).
     """
 
     def __init__(
@@ -164,17 +173,19 @@ class RevocationCache:
         *,
         refresh_s: float = REFRESH_S,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         if not refresh_s >= 0:
             raise ValueError(f"refresh_s must be >= 0, got {refresh_s}")
         self._store = revocations
         self.refresh_s = refresh_s
         self._clock = clock
+        self._wall_clock = wall_clock
         self._lock = threading.Lock()
         self._checked_at: float | None = None
         self._version = -1
         self._names: frozenset[str] = frozenset()
-        self._fingerprints: frozenset[str] = frozenset()
+        self._fingerprints: dict[str, datetime] = {}
         self._records: tuple[RevocationRecord, ...] = ()
 
     def invalidate(self) -> None:
@@ -206,19 +217,26 @@ class RevocationCache:
             self._records = records
             self._version = version
             self._names = frozenset(r.name for r in records if r.fingerprint_sha256 is None)
-            self._fingerprints = frozenset(
-                r.fingerprint_sha256 for r in records if r.fingerprint_sha256 is not None
-            )
+            fingerprints: dict[str, datetime] = {}
+            for r in records:
+                if r.fingerprint_sha256 is not None:
+                    earlier = fingerprints.get(r.fingerprint_sha256, r.revoked_at)
+                    fingerprints[r.fingerprint_sha256] = min(earlier, r.revoked_at)
+            self._fingerprints = fingerprints
             return self._names - before
 
     def revoked(self, name: str, fingerprint_sha256: str) -> RevocationRecord | None:
         """Return the revocation that covers this certificate, or ``None``."""
         self.refresh()
-        if name not in self._names and fingerprint_sha256 not in self._fingerprints:
+        effective = self._fingerprints.get(fingerprint_sha256)
+        if effective is not None and effective > self._wall_clock():
+            effective = None  # revoked later (a rotation's grace period)
+        if name not in self._names and effective is None:
             return None
         for record in reversed(self._records):
             if record.fingerprint_sha256 is None and record.name == name:
                 return record
+        for record in self._records:
             if record.fingerprint_sha256 == fingerprint_sha256:
                 return record
         return None
