@@ -42,7 +42,7 @@ models_app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 participants_app = typer.Typer(
-    help="Participants' trust scores and quarantine.", no_args_is_help=True
+    help="Participants: list, revoke, quarantine, release; trust scores.", no_args_is_help=True
 )
 app.add_typer(participants_app, name="participants")
 
@@ -558,9 +558,11 @@ def coordinator(
     from fedshield.federation.coordinator import Committed, Coordinator, utcnow
     from fedshield.federation.service import CoordinatorService
     from fedshield.identity import Kit, server_ssl_context
+    from fedshield.policy import load_policy, policy_path
     from fedshield.transport.server import serve
 
     cfg = load_config(config)
+    policy = load_policy(policy_path(cfg.access.policy, config.parent))
     kit_obj = Kit.load(kit)
     kit_hint = "Use the kits/coordinator folder that `fedshield provision` wrote for this config."
     if kit_obj.role != "coordinator":
@@ -605,7 +607,7 @@ def coordinator(
                 )
             )
 
-    service = CoordinatorService(core, config=cfg, on_report=report)
+    service = CoordinatorService(core, config=cfg, on_report=report, policy=policy)
     bound = sock.getsockname()[1]
     _record_listen(core, kit_obj, host=bind_host, port=bound)
     if not cfg.secure_aggregation.enabled:
@@ -713,6 +715,147 @@ def participant(
     )
 
 
+# -- identity: distributed provisioning -----------------------------------------------------
+
+identity_app = typer.Typer(
+    help="Distributed provisioning: a site makes its keys and a CSR, the admin signs it.",
+    no_args_is_help=True,
+)
+app.add_typer(identity_app, name="identity")
+
+
+@identity_app.command("csr")
+def identity_csr(
+    name: Annotated[str, typer.Option("--name", help="The entity name (certificate CN).")],
+    org: Annotated[str, typer.Option("--org", help="The organization (certificate O).")],
+    federation: Annotated[str, typer.Option("--federation", help="The federation id.")],
+    out: Annotated[Path, typer.Option("--out", help="The new kit directory (at the site).")],
+    role: Annotated[str, typer.Option("--role", help="The role (certificate OU).")] = (
+        "participant"
+    ),
+) -> None:
+    """Make this site's keys and a certificate signing request; keys never leave OUT."""
+    from fedshield.identity.csr import make_request
+
+    result = make_request(out, federation=federation, name=name, organization=org, role=role)
+    _out.print(f"keys and request written to {escape(str(result.kit_dir))}")
+    _out.print(
+        f"send only {escape(str(result.request_path))} to the federation admin; put the "
+        "cert.pem and ca.crt you get back into the same directory"
+    )
+
+
+@identity_app.command("sign")
+def identity_sign(
+    request: Annotated[Path, typer.Argument(help="The site's request.csr.")],
+    ca: Annotated[Path, typer.Option("--ca", help="The CA directory (ca.crt, ca.key).")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the certificate.")],
+    valid_days: Annotated[int, typer.Option(min=1, help="Lifetime in days.")] = 825,
+    policy: Annotated[
+        Path | None, typer.Option(help="The access policy, if the role is a custom one.")
+    ] = None,
+) -> None:
+    """Sign a site's CSR with the federation CA (admin); prints who it vouches for."""
+    from fedshield.federation.coordinator import utcnow
+    from fedshield.identity import load_certificate, load_private_key, write_certificate
+    from fedshield.identity.csr import sign_request
+    from fedshield.policy import load_policy
+
+    try:
+        data = request.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {request}: {exc.strerror}") from exc
+    roles = tuple(load_policy(policy).roles)
+    cert, identity = sign_request(
+        data,
+        load_private_key(ca / "ca.key"),
+        load_certificate(ca / "ca.crt"),
+        now=utcnow(),
+        valid_days=valid_days,
+        roles=roles,
+    )
+    write_certificate(out, cert)
+    _out.print(
+        f"signed {escape(identity.name)} ({escape(identity.organization)}, role "
+        f"{escape(identity.role)}), certificate sha256 {identity.fingerprint_sha256}, "
+        f"valid until {identity.not_after.isoformat()}"
+    )
+    _out.print(f"certificate written to {escape(str(out))}; send it and ca/ca.crt to the site")
+
+
+@identity_app.command("rotate")
+def identity_rotate(
+    kit: Annotated[Path, typer.Option("--kit", help="The kit to re-key (in place).")],
+    ca: Annotated[Path, typer.Option("--ca", help="The CA directory (ca.crt, ca.key).")],
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            "--workdir", help="The coordinator's workdir: revoke the old certificate there."
+        ),
+    ] = None,
+    grace_s: Annotated[
+        float, typer.Option(min=0.0, help="Seconds the old certificate stays valid.")
+    ] = 3600.0,
+    valid_days: Annotated[int, typer.Option(min=1, help="Lifetime in days.")] = 825,
+) -> None:
+    """Give an entity a new key pair and certificate; revoke the old one after a grace period."""
+    from datetime import timedelta
+
+    from fedshield.federation.coordinator import utcnow
+    from fedshield.identity import Kit, load_certificate, load_private_key
+    from fedshield.identity.rotate import rotate_kit
+    from fedshield.storage import EventLog
+    from fedshield.storage.identity import Revocations
+
+    db = _database(workdir) if workdir is not None else None
+    now = utcnow()
+    try:
+        rotation = rotate_kit(
+            Kit.load(kit, now=now),
+            load_private_key(ca / "ca.key"),
+            load_certificate(ca / "ca.crt"),
+            now=now,
+            valid_days=valid_days,
+        )
+        _out.print(
+            f"{escape(rotation.new.name)}: new certificate {rotation.new.fingerprint_sha256} "
+            f"(valid until {rotation.new.not_after.isoformat()}); the old one is "
+            f"{escape(str(kit))}/cert.pem.previous"
+        )
+        if db is None:
+            _out.print(
+                "the old certificate stays valid until it expires: pass --workdir on the "
+                "coordinator host to revoke it"
+            )
+            return
+        effective = now + timedelta(seconds=grace_s)
+        Revocations(db).revoke(
+            rotation.old.name,
+            reason=f"rotated to {rotation.new.fingerprint_sha256[:16]}",
+            actor=_local_actor(),
+            now=now,
+            fingerprint_sha256=rotation.old.fingerprint_sha256,
+            serial=rotation.old.serial,
+            effective_at=effective,
+        )
+        EventLog(db).record(
+            actor=_local_actor(),
+            action="identity.rotate",
+            resource=f"participant/{rotation.old.name}",
+            outcome="ok",
+            details={
+                "old_cert_sha256": rotation.old.fingerprint_sha256,
+                "new_cert_sha256": rotation.new.fingerprint_sha256,
+                "old_revoked_at": effective.isoformat(),
+            },
+            now=now,
+        )
+        _out.print(f"the old certificate is refused from {effective.isoformat()} on")
+    finally:
+        if db is not None:
+            db.close()
+
+
 # -- models ---------------------------------------------------------------------------------
 
 
@@ -797,39 +940,150 @@ def participants_scores(
     _out.print(table)
 
 
+KitOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--kit",
+        help="Act over the admin API of a running coordinator with this kit (an admin kit) "
+        "instead of on --workdir locally.",
+    ),
+]
+CoordinatorOpt = Annotated[
+    str | None,
+    typer.Option("--coordinator", help="The coordinator's URL (with --kit)."),
+]
+
+
+def _local_actor() -> str:
+    return f"cli:{os.environ.get('USER', 'admin')}"
+
+
+def _admin_client(kit: Path, coordinator_url: str | None) -> Any:
+    from fedshield.identity import Kit
+    from fedshield.transport.admin_client import AdminClient
+
+    if coordinator_url is None:
+        raise ConfigError(
+            "--kit needs --coordinator URL (the address of the running coordinator)",
+            hint="For example --coordinator https://coordinator.example.org:8443",
+        )
+    return AdminClient.for_kit(Kit.load(kit), coordinator_url)
+
+
+def _administration(workdir: Path) -> Any:
+    from fedshield.federation.admin import Administration
+
+    return Administration(_database(workdir), enrolled=None, models_dir=workdir / "models")
+
+
+@participants_app.command("list")
+def participants_list(
+    workdir: WorkdirOpt = Path("fedshield-coordinator"),
+    kit: KitOpt = None,
+    coordinator_url: CoordinatorOpt = None,
+    json_path: JsonOpt = None,
+) -> None:
+    """List participants with their status: enrolled, revoked, quarantined, trust."""
+    if kit is not None:
+        with _admin_client(kit, coordinator_url) as client:
+            rows = client.participants()
+    else:
+        admin = _administration(workdir)
+        try:
+            rows = [r.to_json() for r in admin.participants()]
+        finally:
+            admin.db.close()
+    if json_path is not None:
+        _emit_json(json_path, {"participants": rows})
+        return
+    if not rows:
+        _out.print("no participants recorded yet")
+        return
+    table = Table("participant", "status", "organization", "trust", "last seen")
+    for r in rows:
+        style = {"revoked": "bold red", "quarantined": "bold yellow"}.get(r["status"], "")
+        status = f"[{style}]{r['status']}[/]" if style else r["status"]
+        table.add_row(
+            escape(r["name"]),
+            status,
+            escape(r["organization"] or ""),
+            _fmt(r["trust"], ".3f"),
+            (r["last_seen"] or "")[:19],
+        )
+    _out.print(table)
+
+
+@participants_app.command("revoke")
+def participants_revoke(
+    name: Annotated[str, typer.Argument(help="The participant whose certificates to revoke.")],
+    reason: Annotated[str, typer.Option(help="Why; recorded with the revocation.")],
+    workdir: WorkdirOpt = Path("fedshield-coordinator"),
+    kit: KitOpt = None,
+    coordinator_url: CoordinatorOpt = None,
+) -> None:
+    """Revoke a participant (admin): a running coordinator refuses its next request."""
+    from fedshield.federation.coordinator import utcnow
+    from fedshield.storage.identity import REFRESH_S
+
+    if kit is not None:
+        with _admin_client(kit, coordinator_url) as client:
+            client.revoke(name, reason=reason)
+        _out.print(f"revoked {escape(name)}; the coordinator refuses its next request")
+        return
+    admin = _administration(workdir)
+    try:
+        admin.revoke(name, reason=reason, actor=_local_actor(), now=utcnow())
+    finally:
+        admin.db.close()
+    _out.print(
+        f"revoked {escape(name)}; a coordinator running on {escape(str(workdir))} refuses "
+        f"its requests within {REFRESH_S:g} s (access.revocation_refresh_s)"
+    )
+
+
+@participants_app.command("quarantine")
+def participants_quarantine(
+    name: Annotated[str, typer.Argument(help="The participant to keep out of rounds.")],
+    reason: Annotated[str, typer.Option(help="Why; recorded in the audit log.")],
+    workdir: WorkdirOpt = Path("fedshield-coordinator"),
+    kit: KitOpt = None,
+    coordinator_url: CoordinatorOpt = None,
+) -> None:
+    """Quarantine a participant (admin): it is not selected from the next round on."""
+    from fedshield.federation.coordinator import utcnow
+
+    if kit is not None:
+        with _admin_client(kit, coordinator_url) as client:
+            client.quarantine(name, reason=reason)
+    else:
+        admin = _administration(workdir)
+        try:
+            admin.quarantine(name, reason=reason, actor=_local_actor(), now=utcnow())
+        finally:
+            admin.db.close()
+    _out.print(f"quarantined {escape(name)}; it is not selected from the next round on")
+
+
 @participants_app.command("release")
 def participants_release(
     name: Annotated[str, typer.Argument(help="The quarantined participant.")],
     workdir: WorkdirOpt = Path("fedshield-coordinator"),
+    kit: KitOpt = None,
+    coordinator_url: CoordinatorOpt = None,
 ) -> None:
     """Release a quarantined participant (admin): it may be selected again next round."""
-    from fedshield.federation.coordinator import QUARANTINE_ACTIONS, utcnow
-    from fedshield.storage import EventLog
+    from fedshield.federation.coordinator import utcnow
 
-    db = _database(workdir)
-    try:
-        log = EventLog(db)
-        state = [
-            e.action
-            for e in log.since(0, QUARANTINE_ACTIONS)
-            if e.resource == f"participant/{name}"
-        ]
-        if not state or state[-1] != "participant.quarantine":
-            raise ConfigError(
-                f"participant {name!r} is not quarantined",
-                hint="See `fedshield participants scores --workdir W`.",
-            )
-        log.record(
-            actor="admin-cli",
-            action="participant.release",
-            resource=f"participant/{name}",
-            outcome="ok",
-            details={},
-            now=utcnow(),
-        )
-    finally:
-        db.close()
-    _out.print(f"released {name}; a running coordinator takes it back from the next round")
+    if kit is not None:
+        with _admin_client(kit, coordinator_url) as client:
+            client.release(name)
+    else:
+        admin = _administration(workdir)
+        try:
+            admin.release(name, actor=_local_actor(), now=utcnow())
+        finally:
+            admin.db.close()
+    _out.print(f"released {escape(name)}; a running coordinator takes it back from the next round")
 
 
 @models_app.command("list")
@@ -906,16 +1160,24 @@ def models_rollback(
     version: int,
     reason: Annotated[str, typer.Option(help="Why; recorded with the rollback.")],
     workdir: WorkdirOpt = Path("fedshield-coordinator"),
+    kit: KitOpt = None,
+    coordinator_url: CoordinatorOpt = None,
 ) -> None:
     """Make an earlier version the head that the next round starts from."""
     from fedshield.federation.coordinator import utcnow
 
-    v = _registry(workdir).rollback(
-        version, actor=f"cli:{os.environ.get('USER', 'admin')}", reason=reason, now=utcnow()
-    )
-    _out.print(
-        f"head is now model version {v.version} ({v.sha3[:16]}); the next round starts from it"
-    )
+    if kit is not None:
+        with _admin_client(kit, coordinator_url) as client:
+            result = client.rollback(version, reason=reason)
+        head, sha3 = int(result["head"]), str(result["sha3"])
+    else:
+        admin = _administration(workdir)
+        try:
+            v = admin.rollback(version, reason=reason, actor=_local_actor(), now=utcnow())
+        finally:
+            admin.db.close()
+        head, sha3 = v.version, v.sha3
+    _out.print(f"head is now model version {head} ({sha3[:16]}); the next round starts from it")
 
 
 # -- privacy --------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ and unknown keys are errors (a typo must not silently fall back to a default)::
     [coordinator]  host, port, hosts, long_poll_s
     [transport]    max_payload_bytes, request_timeout_s, max_retries, backoff_base_s,
                    backoff_max_s, reconnect_timeout_s
+    [access]       policy (custom roles, TOML; relative to this file), kits (extra kits:
+                   [{name, role, organization}]), revocation_refresh_s
 
 Validation errors become :class:`~fedshield.errors.ConfigError` naming the key, the
 value and what is allowed.
@@ -40,6 +42,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fedshield.errors import ConfigError, FedshieldError, PayloadError
 
 __all__ = [
+    "AccessConfig",
+    "AccessKit",
     "CoordinatorConfig",
     "DataConfig",
     "FederationConfig",
@@ -60,6 +64,7 @@ __all__ = [
 _HOUR_S = 3600.0
 _WEEK_S = 7 * 24 * 3600.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ROLE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 class _Section(BaseModel):
@@ -421,6 +426,51 @@ class TransportConfig(_Section):
     reconnect_timeout_s: float = Field(default=300.0, gt=0.0, le=_WEEK_S)
 
 
+class AccessKit(_Section):
+    """One extra kit that ``fedshield provision`` makes: an auditor, observer or custom role."""
+
+    name: str
+    role: str
+    organization: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _check_kit_name(cls, value: str) -> str:
+        if not _NAME.match(value) or value.casefold() in ("coordinator", "admin"):
+            raise ValueError(f"kit name {value!r} is not allowed")
+        return value
+
+    @field_validator("role")
+    @classmethod
+    def _check_kit_role(cls, value: str) -> str:
+        if not _ROLE.match(value):
+            raise ValueError(
+                f"role {value!r} must be 1 to 32 characters of a-z 0-9 _ - starting with a letter"
+            )
+        if value in ("coordinator", "participant", "admin"):
+            raise ValueError(
+                f"role {value!r} kits come from [federation] and [participants]; "
+                "[access] kits are for auditors, observers and custom roles"
+            )
+        return value
+
+
+class AccessConfig(_Section):
+    """Access control: the policy file, extra kits, how fast revocations take effect."""
+
+    policy: str | None = None
+    kits: tuple[AccessKit, ...] = ()
+    revocation_refresh_s: float = Field(default=1.0, ge=0.0, le=60.0)
+
+    @field_validator("kits")
+    @classmethod
+    def _check_unique(cls, value: tuple[AccessKit, ...]) -> tuple[AccessKit, ...]:
+        names = [k.name.casefold() for k in value]
+        if len(set(names)) != len(names):
+            raise ValueError("[access] kit names must be unique")
+        return value
+
+
 class FederationConfig(_Section):
     """The whole federation file."""
 
@@ -436,10 +486,16 @@ class FederationConfig(_Section):
     participant_dp: ParticipantDPConfig = ParticipantDPConfig()
     coordinator: CoordinatorConfig = CoordinatorConfig()
     transport: TransportConfig = TransportConfig()
+    access: AccessConfig = AccessConfig()
 
     @model_validator(mode="after")
     def _check_counts(self) -> FederationConfig:
         n = len(self.participants.resolved_names())
+        clash = {k.name.casefold() for k in self.access.kits} & {
+            p.casefold() for p in self.participants.resolved_names()
+        }
+        if clash:
+            raise ValueError(f"[access] kit names {sorted(clash)} are also participant names")
         if self.rounds.min_participants > n:
             raise ValueError(
                 f"rounds.min_participants is {self.rounds.min_participants} but the "

@@ -98,7 +98,9 @@ def test_certificate_from_another_ca_is_refused_at_the_handshake(
         "model.commit",
         "security.plain_aggregation",  # this federation runs without SecAgg+
         "security.no_dp",  # ... and its sites' default is training without DP
+        "access.allow",  # the admin's status call above (audited once per round)
     }
+    assert {e.actor for e in events if e.action.startswith("access.")} <= {"admin"}
     assert not [e for e in events if coordinator.names[0] in f"{e.actor} {e.resource} {e.details}"]
 
 

@@ -104,7 +104,7 @@ def test_public_surface_is_what_we_mean() -> None:
         "write_certificate",
         "write_private_key",
     }
-    assert ROLES == ("coordinator", "participant", "admin", "observer")
+    assert ROLES == ("coordinator", "participant", "admin", "observer", "auditor")
 
 
 # --- CA and leaf certificates -------------------------------------------------------
@@ -453,7 +453,20 @@ def test_kitspec_validates_at_construction() -> None:
     with pytest.raises(IdentityError, match="name must be"):
         KitSpec("bad name", "O", "participant")
     with pytest.raises(IdentityError, match="role must be"):
-        KitSpec("ok", "O", "root")  # type: ignore[arg-type]
+        KitSpec("ok", "O", "Root!")
+
+
+def test_provision_refuses_a_role_outside_the_policy(tmp_path: Path) -> None:
+    # A well-formed custom role name is a valid KitSpec, but provision only issues roles
+    # the federation's access policy knows (built-in ones by default).
+    spec = KitSpec("ok", "O", "root")
+    with pytest.raises(IdentityError, match="role must be one of"):
+        provision(tmp_path / "fed", federation="f", participants=[spec], now=NOW)
+    assert not (tmp_path / "fed").exists()
+    made = provision(
+        tmp_path / "fed2", federation="f", participants=[spec], now=NOW, roles=(*ROLES, "root")
+    )
+    assert Kit.load(made.participant_dirs["ok"], now=NOW).role == "root"
 
 
 def test_provision_writes_extra_files(tmp_path: Path) -> None:

@@ -79,6 +79,7 @@ from fedshield.storage import (
     RoundRecord,
 )
 from fedshield.storage.audit import sign_tree_head
+from fedshield.storage.identity import Revocations
 from fedshield.storage.privacy import PARTICIPANTS, PrivacyEvents, participant_epsilon
 from fedshield.tensors import Layout, Weights, flatten
 from fedshield.training.datasets import DataSpec
@@ -563,6 +564,9 @@ class Coordinator:
             ),
             noise_rng=system_random(),
         )
+        for record in Revocations(self.db).list():
+            if record.fingerprint_sha256 is None:
+                self.machine.revoked.add(record.name)
         self._row_id: int | None = None
         self._check_participant_budget(completed)
 
@@ -769,10 +773,29 @@ class Coordinator:
         return jailed
 
     def _follow_releases(self) -> None:
-        """Apply releases an admin recorded since the last look (between rounds)."""
-        for event in self.events.since(self._events_seen, ("participant.release",)):
-            self.machine.release(event.resource.removeprefix("participant/"))
+        """Apply quarantines and releases recorded since the last look (between rounds)."""
+        for event in self.events.since(self._events_seen, QUARANTINE_ACTIONS):
+            name = event.resource.removeprefix("participant/")
+            if event.action == "participant.release":
+                self.machine.release(name)
+            else:
+                self.machine.quarantine(name)
             self._events_seen = max(self._events_seen, event.id)
+
+    def revoke(self, name: str, reason: str) -> None:
+        """Take a participant whose certificate was revoked out of the federation now.
+
+        It is never selected again and counts as a dropout of the open round (see
+        :meth:`RoundMachine.revoke`). The revocation itself is stored and audited by
+        whoever revoked it; this only tells the round.
+        """
+        with self._lock:
+            self.machine.revoke(name, f"certificate revoked: {reason}"[:1000])
+
+    def revoked(self) -> frozenset[str]:
+        """Participants whose certificates were revoked (as far as the round knows)."""
+        with self._lock:
+            return frozenset(self.machine.revoked)
 
     def _follow_rollback(self) -> None:
         head = self.registry.head()

@@ -8,6 +8,7 @@ from pathlib import Path
 from fedshield import _toml
 from fedshield.config import FederationConfig
 from fedshield.identity import KitSpec, ProvisionResult, provision
+from fedshield.policy import load_policy, policy_path
 
 __all__ = ["absolute_data_paths", "provision_federation", "write_config"]
 
@@ -26,6 +27,11 @@ def absolute_data_paths(config: FederationConfig, base_dir: Path) -> FederationC
         update["server_csv"] = str((base_dir / data.server_csv).resolve())
     if data.masking_policy:
         update["masking_policy"] = str((base_dir / data.masking_policy).resolve())
+    access = config.access
+    if access.policy is not None:
+        # The access policy file is relative to the federation file too.
+        policy = str((base_dir / access.policy).resolve())
+        config = config.model_copy(update={"access": access.model_copy(update={"policy": policy})})
     if not update:
         return config
     return config.model_copy(update={"data": data.model_copy(update=update)})
@@ -96,10 +102,20 @@ def provision_federation(
             "privacy": privacy,
         }
         extra[name] = {"participant.toml": _toml.dumps(document)}
+    # Custom roles must be in the access policy before a kit may carry one.
+    access = load_policy(policy_path(config.access.policy, base_dir))
+    staff = [
+        KitSpec(name=k.name, organization=k.organization or k.name, role=k.role)
+        for k in config.access.kits
+    ]
     return provision(
         out_dir,
         federation=config.federation.name,
-        participants=[KitSpec(name=n, organization=n, role="participant") for n in names],
+        participants=[
+            *(KitSpec(name=n, organization=n, role="participant") for n in names),
+            *staff,
+        ],
+        roles=tuple(access.roles),
         coordinator_hosts=config.coordinator.hosts,
         now=now,
         extra_files=extra,

@@ -410,6 +410,8 @@ class RoundMachine:
         # Kept in memory only: a coordinator restart starts every history afresh.
         self._history: dict[str, np.ndarray] = {}
         self.quarantined: set[str] = set(quarantined)
+        # Revoked certificates: never selected again, and out of the open round.
+        self.revoked: set[str] = set()
         self.completed_rounds = completed_rounds
         self._evaluated = evaluated
         self._attempt = attempt
@@ -508,7 +510,7 @@ class RoundMachine:
             return [FederationFinished(model=self._head)]
         if self._waiting_since is None:
             self._waiting_since = now
-        pool = sorted(set(available) - self.quarantined)
+        pool = sorted(set(available) - self.quarantined - self.revoked)
         wanted = max(self.policy.min_participants, self.policy.min_available or 0)
         waited = now - self._waiting_since >= timedelta(seconds=self.policy.join_timeout_s)
         if len(pool) >= wanted or (waited and len(pool) >= self.policy.min_participants):
@@ -657,6 +659,31 @@ class RoundMachine:
         """Let a quarantined participant be selected again (an admin decided)."""
         self.quarantined.discard(participant)
         self._trust.pop(participant, None)
+
+    def quarantine(self, participant: str) -> None:
+        """Keep ``participant`` out of the rounds that open from now on (an admin decided)."""
+        self.quarantined.add(participant)
+
+    def revoke(self, participant: str, reason: str) -> None:
+        """Take a participant whose certificate was revoked out of the federation.
+
+        It is never selected again. In the open round it counts as a dropout: a result
+        it already sent is thrown away (it was not yet aggregated), except under
+        secure aggregation, where a site that already reported is in the protocol and
+        leaves it as a SecAgg+ dropout at the next stage (the relay's business; its
+        input can only be in the sum if it sent its masked input before the revocation).
+        """
+        self.revoked.add(participant)
+        op = self._open
+        if op is None or participant not in op.selected:
+            return
+        if participant in op.examples:
+            if self.policy.secure and op.kind == "fit":
+                return
+            del op.examples[participant]
+            op.vectors.pop(participant, None)
+            op.metrics.pop(participant, None)
+        op.rejected.setdefault(participant, reason)
 
     def _combine(
         self,

@@ -700,8 +700,13 @@ class SecureAggregation:
         waiting = set(progress.selected) - set(progress.reported) - progress.refused
         if waiting and now < progress.training_deadline:
             return False
+        revoked = self.coordinator.revoked()
         members, excluded = usable_members(
-            {n: self._certificates[n] for n in progress.reported if n in self._certificates}
+            {
+                n: self._certificates[n]
+                for n in progress.reported
+                if n in self._certificates and n not in revoked
+            }
         )
         try:
             self.relay = SecureRelay(

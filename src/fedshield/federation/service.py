@@ -20,7 +20,9 @@ from fedshield.config import FederationConfig
 from fedshield.federation.coordinator import Coordinator, Report, utcnow
 from fedshield.federation.round import FederationFailed, FederationFinished
 from fedshield.federation.secure import SecureAggregation
+from fedshield.policy import Policy
 from fedshield.secagg import system_random
+from fedshield.storage.identity import RevocationCache, Revocations
 from fedshield.tensors import encode
 from fedshield.transport.messages import LocalDP, TaskMessage
 
@@ -38,9 +40,18 @@ class CoordinatorService:
         on_report: Callable[[Report], None] | None = None,
         tick_s: float = 0.2,
         end_grace_s: float = 30.0,
+        policy: Policy | None = None,
     ) -> None:
         self.coordinator = coordinator
         self.config = config
+        #: Roles and permissions the API enforces (built-in roles unless given).
+        self.policy = policy if policy is not None else Policy()
+        #: The revocation list as every request sees it (re-read every
+        #: ``access.revocation_refresh_s`` seconds at most).
+        self.revocations = RevocationCache(
+            Revocations(coordinator.db), refresh_s=config.access.revocation_refresh_s
+        )
+        self.revocations.refresh()
         self.names = frozenset(config.participants.resolved_names())
         self.on_report = on_report
         self.tick_s = tick_s
@@ -100,7 +111,41 @@ class CoordinatorService:
         # Copies first: status() calls this from a worker thread while the loop writes.
         seen, polling = dict(self._seen), dict(self._polling)
         alive = {n for n, t in seen.items() if now - t <= self.liveness_s}
-        return alive | {n for n, c in polling.items() if c > 0}
+        return (alive | {n for n, c in polling.items() if c > 0}) - self.revocations.names
+
+    # -- revocation -------------------------------------------------------------------
+
+    def revoked_seen(self, name: str) -> None:
+        """Make sure the round knows of ``name``'s revocation (its request was refused)."""
+        if name in self.names and name not in self.coordinator.revoked():
+            self._revoke(name)
+            self.wake()
+
+    def apply_revocations(self, now: bool = False) -> None:
+        """Take participants revoked since the last look out of the round.
+
+        ``now`` forces a re-read of the list (this process just revoked someone);
+        otherwise the list is re-read at most every ``access.revocation_refresh_s``.
+        """
+        if now:
+            self.revocations.invalidate()
+        self.revocations.refresh()
+        for name in sorted((self.revocations.names & self.names) - self.coordinator.revoked()):
+            self._revoke(name)
+
+    def _revoke(self, name: str) -> None:
+        reason = next(
+            (r.reason for r in reversed(self.revocations.records) if r.name == name),
+            "revoked",
+        )
+        self.coordinator.revoke(name, reason)
+        self._seen.pop(name, None)
+        relay = self.secure.relay if self.secure is not None else None
+        if relay is not None:
+            # Out of the secure aggregation from the stage it owes now: a dropout.
+            task = relay.task_for(name)
+            if task is not None:
+                relay.refuse(name, task[0], f"certificate revoked: {reason}")
 
     # -- long-poll ------------------------------------------------------------------
 
@@ -149,6 +194,8 @@ class CoordinatorService:
         try:
             deadline = time.monotonic() + wait_s
             while True:
+                if name in self.revocations.names:
+                    return None  # revoked while it waited: its next request is refused
                 task = self._task_now(name)
                 if task is not None:
                     return task
@@ -191,6 +238,8 @@ class CoordinatorService:
         """
         self._wake = asyncio.Event()
         while True:
+            # A revocation another process wrote (the CLI) reaches the round here too.
+            await asyncio.to_thread(self.apply_revocations)
             reports = await asyncio.to_thread(self.coordinator.step, utcnow(), self.available())
             for report in reports:
                 if self.on_report is not None:

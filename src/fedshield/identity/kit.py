@@ -38,7 +38,7 @@ from __future__ import annotations
 import ipaddress
 import ssl
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -52,6 +52,7 @@ from cryptography.x509.oid import NameOID
 
 from fedshield.errors import IdentityError
 from fedshield.identity.pki import (
+    ROLES,
     Role,
     _check_federation,
     _check_name,
@@ -130,7 +131,7 @@ class KitSpec:
         """Check the fields; see the class docstring for the constraints."""
         _check_name(self.name)
         _check_organization(self.organization)
-        _check_role(self.role)
+        _check_role(self.role, None)
 
 
 @dataclass(frozen=True)
@@ -287,6 +288,7 @@ def provision(
     valid_days: int = 825,
     extra_files: Mapping[str, Mapping[str, str]] | None = None,
     overwrite: bool = False,
+    roles: Collection[str] = ROLES,
 ) -> ProvisionResult:
     """Create a federation CA and a kit for every entity under ``out_dir``.
 
@@ -317,6 +319,9 @@ def provision(
         ``admin``) to ``{file name: text}``, e.g. a ``participant.toml``.
     overwrite : bool
         Re-key an existing federation in ``out_dir`` instead of refusing.
+    roles : Collection[str]
+        The roles a kit may carry: the built-in :data:`~fedshield.identity.pki.ROLES`
+        plus the custom roles of the federation's access policy, if any.
 
     Returns
     -------
@@ -335,6 +340,15 @@ def provision(
     _check_valid_days(valid_days)
     _utc(now)
     _check_participants(participants)
+    for spec in participants:
+        try:
+            _check_role(spec.role, roles)
+        except IdentityError as exc:
+            raise IdentityError(
+                f"kit {spec.name!r}: {exc.message}",
+                hint="A custom role must be defined in the federation's access policy "
+                "(access.policy) before kits are provisioned for it.",
+            ) from exc
     extras = extra_files or {}
     kit_names = [COORDINATOR, ADMIN, *(spec.name for spec in participants)]
     _check_extra_files(extras, kit_names)
@@ -370,6 +384,7 @@ def provision(
             role=spec.role,
             now=now,
             valid_days=valid_days,
+            roles=roles,
             dns_names=dns_names if is_coordinator else (),
             ip_addresses=ips if is_coordinator else (),
             signing_key=signing_key.public_key(),
@@ -535,7 +550,7 @@ class Kit:
         federation = _string_field(data, "federation", kit_file)
         name = _string_field(data, "name", kit_file)
         organization = _string_field(data, "organization", kit_file)
-        role = _check_role(_string_field(data, "role", kit_file))
+        role = _check_role(_string_field(data, "role", kit_file), None)
         files = data.get("files", {})
         if not isinstance(files, dict):
             raise IdentityError(f"{kit_file}: [files] must be a table", hint=_PROVISION_HINT)
@@ -558,7 +573,7 @@ class Kit:
                 hint=_PROVISION_HINT,
             )
         verify_issued_by(cert, ca_cert, now=at)
-        identity = identity_of(cert)
+        identity = identity_of(cert, roles=None)
         expected = (name, organization, role)
         found = (identity.name, identity.organization, identity.role)
         if found != expected:

@@ -41,11 +41,10 @@ import re
 import secrets
 import stat
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -65,6 +64,7 @@ __all__ = [
     "identity_from_der",
     "identity_of",
     "issue_certificate",
+    "issue_certificate_for",
     "load_certificate",
     "load_private_key",
     "load_signing_key",
@@ -75,11 +75,18 @@ __all__ = [
     "write_private_key",
 ]
 
-Role = Literal["coordinator", "participant", "admin", "observer"]
-"""The role of an entity, carried in the certificate subject's ``OU``."""
+Role = str
+"""The role of an entity, carried in the certificate subject's ``OU``.
 
-ROLES: tuple[Role, ...] = ("coordinator", "participant", "admin", "observer")
-"""Every known :data:`Role`, in a fixed order."""
+One of the built-in :data:`ROLES`, or a custom role that the federation's access policy
+defines (``fedshield.policy``); either way 1 to 32 characters of ``a-z 0-9 _ -``
+starting with a letter. What a role may do is the policy's business, not the PKI's.
+"""
+
+ROLES: tuple[Role, ...] = ("coordinator", "participant", "admin", "observer", "auditor")
+"""The built-in roles, in a fixed order."""
+
+_ROLE_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 # An OID under the 2.25 arc is the decimal form of a random UUID (ITU-T X.667 | ISO/IEC
 # 9834-8), so it needs no registration and collides with no one else's extension.
@@ -133,6 +140,8 @@ class Identity:
         certificate, so it changes when the certificate is re-issued.
     not_after : datetime
         End of the certificate's validity, timezone-aware UTC.
+    serial : str
+        The certificate's serial number in lower-case hex (what a CRL lists).
     """
 
     name: str
@@ -140,6 +149,7 @@ class Identity:
     role: Role
     fingerprint_sha256: str
     not_after: datetime
+    serial: str = ""
 
 
 def _utc(now: datetime) -> datetime:
@@ -185,9 +195,17 @@ def _check_organization(organization: str) -> None:
         )
 
 
-def _check_role(role: str) -> Role:
-    if role not in ROLES:
-        raise IdentityError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+def _check_role(role: str, roles: Collection[str] | None = ROLES) -> Role:
+    """Return ``role`` if it is in ``roles`` (``None``: any well-formed role name)."""
+    if roles is None:
+        if not isinstance(role, str) or not _ROLE_RE.fullmatch(role):
+            raise IdentityError(
+                f"role must be 1 to 32 characters of a-z 0-9 _ - starting with a letter, "
+                f"got {role!r}"
+            )
+        return role
+    if role not in roles:
+        raise IdentityError(f"role must be one of {', '.join(roles)}, got {role!r}")
     return role
 
 
@@ -304,6 +322,7 @@ def issue_certificate(
     dns_names: Sequence[str] = (),
     ip_addresses: Sequence[str] = (),
     signing_key: ed25519.Ed25519PublicKey | None = None,
+    roles: Collection[str] = ROLES,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """Issue a leaf certificate, with a fresh P-256 key, that carries an identity.
 
@@ -335,6 +354,9 @@ def issue_certificate(
         The entity's Ed25519 signing key, bound in the non-critical extension
         :data:`SIGNING_KEY_OID` (read it back with :func:`signing_key_of`); ``None``
         issues a certificate without one.
+    roles : Collection[str]
+        The roles ``role`` must be one of: the built-in :data:`ROLES`, plus the custom
+        roles of the federation's access policy when it has some.
 
     Returns
     -------
@@ -349,9 +371,93 @@ def issue_certificate(
     ValueError
         If ``now`` is naive.
     """
+    key = _new_key()
+    cert = issue_certificate_for(
+        ca_key,
+        ca_cert,
+        key.public_key(),
+        name=name,
+        organization=organization,
+        role=role,
+        now=now,
+        valid_days=valid_days,
+        dns_names=dns_names,
+        ip_addresses=ip_addresses,
+        signing_key=signing_key,
+        roles=roles,
+    )
+    return key, cert
+
+
+def issue_certificate_for(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    name: str,
+    organization: str,
+    role: Role,
+    now: datetime,
+    valid_days: int = 825,
+    dns_names: Sequence[str] = (),
+    ip_addresses: Sequence[str] = (),
+    signing_key: ed25519.Ed25519PublicKey | None = None,
+    roles: Collection[str] = ROLES,
+) -> x509.Certificate:
+    """Issue a leaf certificate for a given P-256 public key (a site's CSR).
+
+    The same as :func:`issue_certificate`, except that the key pair is the caller's:
+    the private key never reaches the CA (distributed provisioning, see
+    :mod:`fedshield.identity.csr`).
+
+    Parameters
+    ----------
+    ca_key : ec.EllipticCurvePrivateKey
+        The CA's private key; it must belong to ``ca_cert``.
+    ca_cert : x509.Certificate
+        The CA certificate, as made by :func:`create_ca`.
+    name : str
+        Entity name (``CN``), 1 to 64 characters of ``A-Z a-z 0-9 . _ -`` starting with
+        a letter or digit.
+    organization : str
+        Organization (``O``), 1 to 64 printable characters.
+    role : Role
+        Role (``OU``). ``"coordinator"`` gets a server certificate (``serverAuth``),
+        every other role a client certificate (``clientAuth``).
+    now : datetime
+        Current time, timezone-aware. The certificate is valid from five minutes
+        before it.
+    valid_days : int
+        Lifetime in days, >= 1; the certificate must not outlive the CA.
+    dns_names : Sequence[str]
+        DNS names for the subjectAltName (the host names clients connect to; needed
+        for a coordinator, whose clients check the host name).
+    ip_addresses : Sequence[str]
+        IPv4 or IPv6 addresses for the subjectAltName.
+    signing_key : ed25519.Ed25519PublicKey | None
+        The entity's Ed25519 signing key, bound in the non-critical extension
+        :data:`SIGNING_KEY_OID` (read it back with :func:`signing_key_of`); ``None``
+        issues a certificate without one.
+    roles : Collection[str]
+        The roles ``role`` must be one of: the built-in :data:`ROLES`, plus the custom
+        roles of the federation's access policy when it has some.
+
+    Returns
+    -------
+    x509.Certificate
+        The certificate, with a random serial number.
+
+    Raises
+    ------
+    IdentityError
+        If an argument is invalid, ``ca_key`` does not belong to ``ca_cert``, the CA is
+        not a CA or not valid at ``now``, or the certificate would outlive the CA.
+    ValueError
+        If ``now`` is naive.
+    """
     _check_name(name)
     _check_organization(organization)
-    checked_role = _check_role(role)
+    checked_role = _check_role(_check_role(role, None), roles)
     _check_valid_days(valid_days)
     start = _utc(now)
     sans = _san_entries(dns_names, ip_addresses)
@@ -392,7 +498,10 @@ def issue_certificate(
         if checked_role == "coordinator"
         else ExtendedKeyUsageOID.CLIENT_AUTH
     )
-    key = _new_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
+        public_key.curve, ec.SECP256R1
+    ):
+        raise IdentityError("the certificate's key must be a P-256 (secp256r1) public key")
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.COMMON_NAME, name),
@@ -404,7 +513,7 @@ def issue_certificate(
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(start - _CLOCK_SKEW)
         .not_valid_after(not_after)
@@ -424,7 +533,7 @@ def issue_certificate(
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(_ski(key.public_key()), critical=False)
+        .add_extension(_ski(public_key), critical=False)
         .add_extension(aki, critical=False)
     )
     if sans:
@@ -435,7 +544,7 @@ def issue_certificate(
             x509.UnrecognizedExtension(SIGNING_KEY_OID, _SIGNING_KEY_PREFIX + raw),
             critical=False,
         )
-    return key, builder.sign(ca_key, hashes.SHA256())
+    return builder.sign(ca_key, hashes.SHA256())
 
 
 def _single_attribute(cert: x509.Certificate, oid: x509.ObjectIdentifier, label: str) -> str:
@@ -451,7 +560,7 @@ def _single_attribute(cert: x509.Certificate, oid: x509.ObjectIdentifier, label:
     return value
 
 
-def identity_of(cert: x509.Certificate) -> Identity:
+def identity_of(cert: x509.Certificate, *, roles: Collection[str] | None = ROLES) -> Identity:
     """Read the identity a certificate's subject carries.
 
     This does not verify the certificate: call it only on a certificate already verified
@@ -461,6 +570,9 @@ def identity_of(cert: x509.Certificate) -> Identity:
     ----------
     cert : x509.Certificate
         A leaf certificate made by :func:`issue_certificate`.
+    roles : Collection[str] | None
+        The roles accepted in the ``OU`` (the built-in ones unless the access policy
+        defines more); ``None`` accepts any well-formed role name.
 
     Returns
     -------
@@ -481,17 +593,18 @@ def identity_of(cert: x509.Certificate) -> Identity:
         cert, NameOID.ORGANIZATIONAL_UNIT_NAME, "organizational unit (OU, the role)"
     )
     _check_name(name, what="certificate common name (CN)")
-    role = _check_role(role_text)
+    role = _check_role(role_text, roles)
     return Identity(
         name=name,
         organization=organization,
         role=role,
         fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(),
         not_after=cert.not_valid_after_utc,
+        serial=format(cert.serial_number, "x"),
     )
 
 
-def identity_from_der(der: bytes) -> Identity:
+def identity_from_der(der: bytes, *, roles: Collection[str] | None = ROLES) -> Identity:
     """Read the identity of a DER-encoded certificate (as TLS hands over a peer's).
 
     The same caveat as :func:`identity_of` holds: the certificate must already be
@@ -501,6 +614,8 @@ def identity_from_der(der: bytes) -> Identity:
     ----------
     der : bytes
         The certificate in DER encoding, e.g. ``ssl_socket.getpeercert(binary_form=True)``.
+    roles : Collection[str]
+        The roles accepted (see :func:`identity_of`).
 
     Returns
     -------
@@ -516,7 +631,7 @@ def identity_from_der(der: bytes) -> Identity:
         cert = x509.load_der_x509_certificate(der)
     except ValueError as exc:
         raise IdentityError(f"peer certificate is not valid DER ({len(der)} bytes)") from exc
-    return identity_of(cert)
+    return identity_of(cert, roles=roles)
 
 
 def signing_key_of(cert: x509.Certificate) -> ed25519.Ed25519PublicKey:

@@ -61,6 +61,7 @@ __all__ = [
     "ModelVersionRow",
     "ParticipantRow",
     "PrivacyEventRow",
+    "RevocationRow",
     "RoundRow",
     "TreeHeadRow",
     "UTCDateTime",
@@ -339,6 +340,27 @@ class PrivacyEventRow(Base):
     target_epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)
     epsilon_reported: Mapped[float | None] = mapped_column(Float, nullable=True)
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RevocationRow(Base):
+    """One revoked identity: every certificate of ``name``, or one certificate of it.
+
+    ``fingerprint_sha256`` is ``None`` when the whole entity is revoked (every
+    certificate ever issued to the name), else the SHA-256 of the one revoked
+    certificate's DER. Rows are never updated or deleted; the highest ``id`` is the
+    revocation list's version, which a running coordinator polls.
+    """
+
+    __tablename__ = "revocations"
+    __table_args__ = (Index("ix_revocations_name", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(256))
+    fingerprint_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    serial: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reason: Mapped[str] = mapped_column(String(1000))
+    actor: Mapped[str] = mapped_column(String(256))
+    revoked_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 def _install_sqlite_hooks(engine: Engine) -> None:

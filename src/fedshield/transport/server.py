@@ -3,12 +3,12 @@
 Who is calling is decided by the TLS handshake, never by a header: the server context
 requires a client certificate issued by the federation CA (``ssl.CERT_REQUIRED``), and
 :class:`_PeerCertH11Protocol` puts the verified peer certificate into the ASGI scope,
-where :func:`_caller` reads the name and role from it. Each endpoint allows the roles it
-names and denies every other (deny by default).
+where :class:`_Access` reads the name and role from it and asks the access policy
+whether that role holds the endpoint's permission (deny by default).
 
 Endpoints (all under ``/v1``)::
 
-    GET  /health                       any role        liveness
+    GET  /health                       health:read     liveness
     GET  /task?wait_s=S                participant     long-poll for work (204: none yet)
     GET  /models/{sha3}                participant     the distributed model, safetensors
     POST /rounds/{round}/update        participant     safetensors body + X-Fedshield-Meta
@@ -18,7 +18,25 @@ Endpoints (all under ``/v1``)::
     POST /rounds/{round}/secagg/refuse participant     JSON SecAggRefusal (?attempt=A)
     POST /rounds/{round}/secagg/{stage} participant    a SecAgg+ stage message (?attempt=A):
                                                        JSON, raw ring bytes for ``masked``
-    GET  /status                       admin, observer round progress and history
+    GET  /status                       status:read     round progress and history
+    GET  /participants                 participants:read       list with status
+    POST /participants/{name}/revoke   participants:revoke     JSON {"reason"}
+    POST /participants/{name}/quarantine participants:quarantine JSON {"reason"}
+    POST /participants/{name}/release  participants:release    JSON {}
+    POST /models/rollback              models:rollback         JSON {"version", "reason"}
+    GET  /audit/export                 audit:read      every audit entry, JSON lines
+    GET  /privacy                      privacy_ledger:read     the privacy report (JSON)
+
+Every endpoint needs one permission (``resource:action``) of the caller's role, the
+certificate ``OU``, in the federation's access policy (:mod:`fedshield.policy`; deny by
+default): ``health:read`` for health, ``rounds:read`` for the task long-poll,
+``models:read`` for the model, ``updates:write`` for updates and SecAgg+ messages,
+``rounds:write`` for evaluations and declines. Participant endpoints also need the
+name to be enrolled. Before the policy, every request's certificate is checked against
+the revocation list (:class:`~fedshield.storage.identity.RevocationCache`) and its
+expiry: a revoked or expired certificate gets 403 whatever its role. Denials, and the
+allows that :class:`~fedshield.policy.DecisionLog` selects, are audit entries
+(``access.deny`` / ``access.allow``).
 
 Request bodies are read with a byte limit before they are parsed; errors are JSON
 ``{"error", "hint"}`` bodies with 4xx codes and never echo internals.
@@ -28,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import json
 import math
 import socket
@@ -40,20 +59,28 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from fedshield.errors import (
+    ConfigError,
     FedshieldError,
     IdentityError,
+    NotFoundError,
     PayloadError,
     ProtocolError,
     StorageError,
 )
+from fedshield.federation.admin import Administration, StateConflict
 from fedshield.federation.coordinator import utcnow
+from fedshield.federation.privacy_report import load_report
 from fedshield.federation.secure import SecureRelay
 from fedshield.federation.service import CoordinatorService
 from fedshield.identity import Identity, identity_from_der
+from fedshield.policy import DecisionLog, Permission
+from fedshield.storage import ModelVersion
+from fedshield.storage.audit import AuditLog
+from fedshield.storage.identity import RevocationRecord
 from fedshield.tensors import decode, encode
 from fedshield.transport.messages import (
     META_HEADER,
@@ -73,6 +100,35 @@ TLS_HANDSHAKE_S = 10.0
 _UPLOAD_SLACK_BYTES = 16 * 1024
 _SMALL_BODY_BYTES = 64 * 1024
 _SECAGG_JSON_BYTES = 4 * 2**20
+_HEALTH = Permission("health", "read")
+_STATUS_READ = Permission("status", "read")
+_MODELS_READ = Permission("models", "read")
+_ADMIN_BODY_HINT = (
+    'revoke and quarantine take {"reason": "..."}, release {}, rollback '
+    '{"version": N, "reason": "..."} (fedshield participants ... --kit does this)'
+)
+
+
+class _AdminBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReasonBody(_AdminBody):
+    """Why an admin revokes or quarantines."""
+
+    reason: str = Field(min_length=1, max_length=1000)
+
+
+class EmptyBody(_AdminBody):
+    """No fields."""
+
+
+class RollbackBody(_AdminBody):
+    """Which model version becomes the head, and why."""
+
+    version: int = Field(ge=0)
+    reason: str = Field(min_length=1, max_length=1000)
+
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -118,17 +174,138 @@ def _error(status: int, message: str, hint: str = "") -> JSONResponse:
     return JSONResponse(ErrorBody(error=message, hint=hint).model_dump(), status_code=status)
 
 
-def _caller(request: Request, *roles: str) -> Identity:
-    der = request.scope.get("extensions", {}).get(_SCOPE_KEY)
-    if not der:
-        raise _Refused(401, "a client certificate is required")
-    try:
-        identity = identity_from_der(der)
-    except IdentityError as exc:
-        raise _Refused(403, "the client certificate carries no fedshield identity") from exc
-    if identity.role not in roles:
-        raise _Refused(403, f"role {identity.role!r} may not do this")
-    return identity
+class _Access:
+    """The access check of every endpoint: identity, revocation, expiry, policy, audit."""
+
+    def __init__(self, service: CoordinatorService) -> None:
+        self.service = service
+        self.policy = service.policy
+        self.decisions = DecisionLog()
+        self.events = service.coordinator.events
+
+    def _record(
+        self,
+        request: Request,
+        *,
+        actor: str,
+        allowed: bool,
+        permission: Permission,
+        role: str | None,
+        reason: str,
+        cert_sha256: str | None,
+    ) -> None:
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", request.url.path)
+        self.events.record(
+            actor=actor,
+            action="access.allow" if allowed else "access.deny",
+            resource=str(permission),
+            outcome="allowed" if allowed else "denied",
+            details={
+                "role": role,
+                "method": request.method,
+                "endpoint": endpoint,
+                "path": request.url.path[:256],
+                "reason": reason[:500],
+                "cert_sha256": cert_sha256,
+            },
+            now=utcnow(),
+        )
+
+    async def deny(
+        self,
+        request: Request,
+        status: int,
+        message: str,
+        *,
+        permission: Permission,
+        identity: Identity | None,
+        hint: str = "",
+    ) -> _Refused:
+        """Audit a denial; return the refusal to raise."""
+        await asyncio.to_thread(
+            functools.partial(
+                self._record,
+                request,
+                actor=identity.name if identity else "unidentified",
+                allowed=False,
+                permission=permission,
+                role=identity.role if identity else None,
+                reason=message,
+                cert_sha256=identity.fingerprint_sha256 if identity else None,
+            )
+        )
+        return _Refused(status, message, hint)
+
+    async def check(self, request: Request, permission: Permission) -> Identity:
+        """Return the caller's identity if it may do ``permission``; else raise 401/403."""
+        der = request.scope.get("extensions", {}).get(_SCOPE_KEY)
+        if not der:
+            # TLS requires a certificate, so this is a misconfigured server, not a client.
+            raise _Refused(401, "a client certificate is required")
+        try:
+            # Any well-formed role: the policy decides what it may do (deny by default).
+            identity = identity_from_der(der, roles=None)
+        except IdentityError as exc:
+            raise await self.deny(
+                request,
+                403,
+                "the client certificate carries no fedshield identity",
+                permission=permission,
+                identity=None,
+            ) from exc
+        revoked = await asyncio.to_thread(
+            self.service.revocations.revoked, identity.name, identity.fingerprint_sha256
+        )
+        if revoked is not None:
+            self.service.revoked_seen(identity.name)
+            raise await self.deny(
+                request,
+                403,
+                f"the certificate of {identity.name!r} was revoked at "
+                f"{revoked.revoked_at.isoformat()}",
+                permission=permission,
+                identity=identity,
+                hint="Ask the federation's admin; a revoked identity is not re-admitted.",
+            )
+        now = utcnow()
+        if now > identity.not_after:
+            # TLS checked expiry at the handshake; a kept-alive connection can outlive it.
+            raise await self.deny(
+                request,
+                403,
+                f"the certificate of {identity.name!r} expired at {identity.not_after.isoformat()}",
+                permission=permission,
+                identity=identity,
+                hint="Ask the federation's admin for a new kit.",
+            )
+        decision = self.policy.decide(identity.role, permission)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", request.url.path)
+        current = self.service.coordinator.machine.current
+        if self.decisions.should_record(
+            decision,
+            caller=identity.name,
+            endpoint=f"{request.method} {endpoint}",
+            round=current[0] if current else None,
+        ):
+            if not decision.allowed:
+                raise await self.deny(
+                    request, 403, decision.reason, permission=permission, identity=identity
+                )
+            await asyncio.to_thread(
+                functools.partial(
+                    self._record,
+                    request,
+                    actor=identity.name,
+                    allowed=True,
+                    permission=permission,
+                    role=identity.role,
+                    reason=decision.reason,
+                    cert_sha256=identity.fingerprint_sha256,
+                )
+            )
+        return identity
 
 
 async def _read_body(request: Request, *, limit: int) -> bytes:
@@ -162,6 +339,10 @@ def create_app(service: CoordinatorService) -> FastAPI:
     uploading: set[str] = set()
     long_poll_s = service.config.coordinator.long_poll_s
     app = FastAPI(title="fedshield coordinator", docs_url=None, redoc_url=None, openapi_url=None)
+    access = _Access(service)
+    admin = Administration(
+        coordinator.db, enrolled=service.names, models_dir=coordinator.workdir / "models"
+    )
 
     @app.exception_handler(_Refused)
     async def _refused(request: Request, exc: _Refused) -> JSONResponse:
@@ -171,10 +352,19 @@ def create_app(service: CoordinatorService) -> FastAPI:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(400, "malformed request: a path or query parameter has the wrong type")
 
-    def participant(request: Request) -> str:
-        identity = _caller(request, "participant")
-        if identity.name not in service.names:
-            raise _Refused(403, f"participant {identity.name!r} is not enrolled in this federation")
+    async def participant(request: Request, permission: str) -> str:
+        wanted = Permission.parse(permission)
+        identity = await access.check(request, wanted)
+        # The round knows its members by name: only a participant certificate of an
+        # enrolled name acts as one, whatever permissions another role was given.
+        if identity.role != "participant" or identity.name not in service.names:
+            raise await access.deny(
+                request,
+                403,
+                f"{identity.name!r} is not a participant enrolled in this federation",
+                permission=wanted,
+                identity=identity,
+            )
         if service.secure is not None:
             service.secure.saw(identity.name, request.scope["extensions"][_SCOPE_KEY])
         service.touch(identity.name)
@@ -199,12 +389,12 @@ def create_app(service: CoordinatorService) -> FastAPI:
 
     @app.get("/v1/health")
     async def health(request: Request) -> dict[str, str]:
-        _caller(request, "participant", "admin", "observer", "coordinator")
+        await access.check(request, _HEALTH)
         return {"status": "ok", "federation": service.config.federation.name}
 
     @app.get("/v1/task")
     async def task(request: Request, wait_s: float = 0.0) -> Response:
-        name = participant(request)
+        name = await participant(request, "rounds:read")
         if not math.isfinite(wait_s):
             return _error(400, "wait_s must be a finite number of seconds")
         wait = min(max(wait_s, 0.0), long_poll_s)
@@ -215,7 +405,9 @@ def create_app(service: CoordinatorService) -> FastAPI:
 
     @app.get("/v1/models/{sha3}")
     async def model(request: Request, sha3: str) -> Response:
-        participant(request)
+        identity = await access.check(request, _MODELS_READ)
+        if identity.name in service.names and identity.role == "participant":
+            service.touch(identity.name)
         data = await asyncio.to_thread(service.model_bytes, sha3)
         if data is None:
             return _error(404, "no such model is being distributed", "Poll /v1/task again.")
@@ -223,7 +415,7 @@ def create_app(service: CoordinatorService) -> FastAPI:
 
     @app.post("/v1/rounds/{round_number}/update")
     async def update(request: Request, round_number: int) -> Response:
-        name = participant(request)
+        name = await participant(request, "updates:write")
         try:
             meta = FitMeta.model_validate_json(request.headers.get(META_HEADER, ""))
         except ValidationError:
@@ -287,7 +479,7 @@ def create_app(service: CoordinatorService) -> FastAPI:
 
     @app.post("/v1/rounds/{round_number}/evaluation")
     async def evaluation(request: Request, round_number: int) -> Response:
-        name = participant(request)
+        name = await participant(request, "rounds:write")
         body = await _read_body(request, limit=64 * 1024)
         try:
             result = EvaluationResult.model_validate_json(body)
@@ -320,7 +512,7 @@ def create_app(service: CoordinatorService) -> FastAPI:
 
     @app.post("/v1/rounds/{round_number}/decline")
     async def decline(request: Request, round_number: int, attempt: int) -> Response:
-        name = participant(request)
+        name = await participant(request, "rounds:write")
         body = await _read_body(request, limit=_SMALL_BODY_BYTES)
         try:
             refusal = Decline.model_validate_json(body)
@@ -338,7 +530,7 @@ def create_app(service: CoordinatorService) -> FastAPI:
 
     @app.post("/v1/rounds/{round_number}/secagg/report")
     async def secure_report(request: Request, round_number: int) -> Response:
-        name = participant(request)
+        name = await participant(request, "updates:write")
         if service.secure is None:
             return _error(409, "secure aggregation is off: upload the update instead")
         body = await _read_body(request, limit=_SMALL_BODY_BYTES)
@@ -364,7 +556,7 @@ def create_app(service: CoordinatorService) -> FastAPI:
 
     @app.post("/v1/rounds/{round_number}/secagg/refuse")
     async def secure_refuse(request: Request, round_number: int, attempt: int) -> Response:
-        name = participant(request)
+        name = await participant(request, "updates:write")
         body = await _read_body(request, limit=_SMALL_BODY_BYTES)
         try:
             refusal = SecAggRefusal.model_validate_json(body)
@@ -379,7 +571,7 @@ def create_app(service: CoordinatorService) -> FastAPI:
     async def secure_stage(
         request: Request, round_number: int, stage: str, attempt: int
     ) -> Response:
-        name = participant(request)
+        name = await participant(request, "updates:write")
         if stage not in SECAGG_STAGES:
             return _error(404, f"no secure aggregation stage {stage!r}")
         relay = relay_owing(name, round_number, attempt, stage)
@@ -407,8 +599,111 @@ def create_app(service: CoordinatorService) -> FastAPI:
 
     @app.get("/v1/status")
     async def status(request: Request) -> dict[str, Any]:
-        _caller(request, "admin", "observer")
+        await access.check(request, _STATUS_READ)
         return await asyncio.to_thread(service.status)
+
+    # -- administration (admin kits; see fedshield.federation.admin) -----------------
+
+    @app.get("/v1/participants")
+    async def participants_list(request: Request) -> dict[str, Any]:
+        await access.check(request, Permission("participants", "read"))
+        rows = await asyncio.to_thread(admin.participants)
+        return {"participants": [r.to_json() for r in rows]}
+
+    async def _admin_body(request: Request, model: type[_AdminBody]) -> Any:
+        body = await _read_body(request, limit=_SMALL_BODY_BYTES)
+        try:
+            return model.model_validate_json(body or b"{}")
+        except ValidationError as exc:
+            raise _Refused(
+                400, f"the body is not a valid {model.__name__}", _ADMIN_BODY_HINT
+            ) from exc
+
+    def _admin_result(call: Callable[[], object]) -> object:
+        try:
+            return call()
+        except StateConflict as exc:
+            raise _Refused(409, exc.message, exc.hint) from exc
+        except NotFoundError as exc:
+            raise _Refused(404, exc.message, exc.hint) from exc
+        except ConfigError as exc:
+            raise _Refused(400, exc.message, exc.hint) from exc
+
+    @app.post("/v1/participants/{name}/revoke")
+    async def participant_revoke(request: Request, name: str) -> dict[str, Any]:
+        caller = await access.check(request, Permission("participants", "revoke"))
+        body = await _admin_body(request, ReasonBody)
+        record = await asyncio.to_thread(
+            _admin_result,
+            functools.partial(
+                admin.revoke, name, reason=body.reason, actor=caller.name, now=utcnow()
+            ),
+        )
+        # Enforced now, in this process: no wait for the next refresh.
+        await asyncio.to_thread(service.apply_revocations, True)
+        service.wake()
+        assert isinstance(record, RevocationRecord)
+        return {"revoked": name, "revocation": record.id, "at": record.revoked_at.isoformat()}
+
+    @app.post("/v1/participants/{name}/quarantine")
+    async def participant_quarantine(request: Request, name: str) -> dict[str, Any]:
+        caller = await access.check(request, Permission("participants", "quarantine"))
+        body = await _admin_body(request, ReasonBody)
+        await asyncio.to_thread(
+            _admin_result,
+            functools.partial(
+                admin.quarantine, name, reason=body.reason, actor=caller.name, now=utcnow()
+            ),
+        )
+        return {"quarantined": name, "effective": "from the next round"}
+
+    @app.post("/v1/participants/{name}/release")
+    async def participant_release(request: Request, name: str) -> dict[str, Any]:
+        caller = await access.check(request, Permission("participants", "release"))
+        await _admin_body(request, EmptyBody)
+        await asyncio.to_thread(
+            _admin_result,
+            functools.partial(admin.release, name, actor=caller.name, now=utcnow()),
+        )
+        return {"released": name, "effective": "from the next round"}
+
+    @app.post("/v1/models/rollback")
+    async def models_rollback(request: Request) -> dict[str, Any]:
+        caller = await access.check(request, Permission("models", "rollback"))
+        body = await _admin_body(request, RollbackBody)
+        version = await asyncio.to_thread(
+            _admin_result,
+            functools.partial(
+                admin.rollback, body.version, reason=body.reason, actor=caller.name, now=utcnow()
+            ),
+        )
+        assert isinstance(version, ModelVersion)
+        return {"head": version.version, "sha3": version.sha3, "effective": "from the next round"}
+
+    @app.get("/v1/audit/export")
+    async def audit_export(request: Request) -> Response:
+        await access.check(request, Permission("audit", "read"))
+
+        def export() -> str:
+            out = io.StringIO()
+            AuditLog(coordinator.db).export_jsonl(out)
+            return out.getvalue()
+
+        text = await asyncio.to_thread(export)
+        return Response(text, media_type="application/x-ndjson")
+
+    @app.get("/v1/privacy")
+    async def privacy(request: Request) -> Response:
+        await access.check(request, Permission("privacy_ledger", "read"))
+
+        def report() -> str:
+            return json.dumps(load_report(coordinator.workdir).to_json())
+
+        try:
+            text = await asyncio.to_thread(report)
+        except NotFoundError as exc:
+            return _error(404, exc.message, exc.hint)
+        return Response(text, media_type="application/json")
 
     @app.exception_handler(StorageError)
     async def _storage_error(request: Request, exc: StorageError) -> JSONResponse:
