@@ -605,7 +605,9 @@ def coordinator(
                 )
             )
 
-    service = CoordinatorService(core, config=cfg, on_report=report)
+    service = CoordinatorService(
+        core, config=cfg, signing_key=kit_obj.signing_key(), name=kit_obj.name, on_report=report
+    )
     bound = sock.getsockname()[1]
     if not cfg.secure_aggregation.enabled:
         _out.print(_PLAIN_WARNING)

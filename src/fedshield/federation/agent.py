@@ -15,6 +15,13 @@ privacy ledger in the kit (``privacy-ledger.jsonl``). A fit round that would tak
 site over its budget is declined with the reason (the coordinator counts a dropout);
 the agent says so, stays connected (it may still be asked to evaluate, which costs
 no training privacy) and ends with the federation like any other site.
+
+Every reply from the coordinator is verified before it is used (see
+:mod:`fedshield.transport.envelope`), and the agent trains on or evaluates a model only
+if the coordinator signed its (federation, round, SHA3, version) and the downloaded
+bytes hash to that SHA3. A fit round whose model fails is declined with the reason (the
+coordinator counts a dropout and audits the refusal); an evaluation of such a model
+ends the agent with the error, since an evaluation cannot be declined.
 """
 
 from __future__ import annotations
@@ -50,7 +57,8 @@ from fedshield.training.tasks import (
     model_weights,
     resolve_task,
 )
-from fedshield.transport.client import CoordinatorClient, RejectedError
+from fedshield.transport.client import CoordinatorClient, Credentials, RejectedError
+from fedshield.transport.envelope import UntrustedModelError
 from fedshield.transport.messages import EvaluationResult, FitMeta, SecAggRefusal, TaskMessage
 
 __all__ = [
@@ -160,6 +168,7 @@ def run_agent(
     client = CoordinatorClient(
         coordinator_url or me.coordinator,
         ssl_context=client_ssl_context(kit),
+        credentials=Credentials.from_kit(kit),
         timeout_s=transport.request_timeout_s,
         max_retries=transport.max_retries,
         backoff_base_s=transport.backoff_base_s,
@@ -222,6 +231,15 @@ def run_agent(
                     continue
                 try:
                     outcome = _work(client, parts, layout, task, me, say, privacy)
+                except UntrustedModelError as exc:
+                    # Refused before training: the model is not the coordinator's.
+                    assert task.round is not None and task.attempt is not None
+                    if task.kind != "fit":
+                        raise
+                    say(f"round {task.round}: declining: {exc.message}")
+                    client.decline(task.round, task.attempt, exc.message[:1000])
+                    refused += 1
+                    continue
                 except BudgetExhaustedError as exc:
                     # Refused before training: nothing was computed on the data.
                     assert task.round is not None and task.attempt is not None
@@ -353,7 +371,7 @@ def _work(
             f"coordinator asks for task {got!r} but this site runs {me.task!r}",
             hint="A site only runs the task named in its own participant.toml.",
         )
-    weights = client.fetch_model(task.model_sha3, layout=layout)
+    weights = client.fetch_task_model(task, layout=layout)
     trainer = LocalTrainer(
         parts,
         config=train_config_of(task.task),

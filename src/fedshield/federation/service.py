@@ -5,6 +5,11 @@ The service keeps what only the network shell needs: which participants are reac
 the waiters of pending long-polls, the encoded bytes of the distributed model, and the
 end of the federation (every participant is told ``finished`` or ``failed`` before the
 coordinator exits, or the grace period runs out).
+
+The service holds the coordinator's signing key (the one its certificate binds): it
+signs every reply (:mod:`fedshield.transport.envelope`) and, in every fit or evaluate
+task, a :class:`~fedshield.transport.envelope.ModelStatement` over (federation, round,
+model SHA3, model version), which a participant checks before it trains on the model.
 """
 
 from __future__ import annotations
@@ -16,12 +21,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from fedshield.config import FederationConfig
 from fedshield.federation.coordinator import Coordinator, Report, utcnow
 from fedshield.federation.round import FederationFailed, FederationFinished
 from fedshield.federation.secure import SecureAggregation
 from fedshield.secagg import system_random
 from fedshield.tensors import encode
+from fedshield.transport.envelope import ModelStatement, sign_model
 from fedshield.transport.messages import LocalDP, TaskMessage
 
 __all__ = ["CoordinatorService"]
@@ -35,12 +43,17 @@ class CoordinatorService:
         coordinator: Coordinator,
         *,
         config: FederationConfig,
+        signing_key: Ed25519PrivateKey,
+        name: str = "coordinator",
         on_report: Callable[[Report], None] | None = None,
         tick_s: float = 0.2,
         end_grace_s: float = 30.0,
     ) -> None:
         self.coordinator = coordinator
         self.config = config
+        self.signing_key = signing_key
+        self.name = name
+        self._model_signature: tuple[ModelStatement, str] | None = None
         self.names = frozenset(config.participants.resolved_names())
         self.on_report = on_report
         self.tick_s = tick_s
@@ -102,11 +115,43 @@ class CoordinatorService:
         alive = {n for n, t in seen.items() if now - t <= self.liveness_s}
         return alive | {n for n, c in polling.items() if c > 0}
 
+    def open_round(self) -> int | None:
+        """Return the number of the round the coordinator has open, or None."""
+        return self.coordinator.open_round()
+
+    def record_rejection(
+        self, actor: str, resource: str, reason: str, details: dict[str, Any]
+    ) -> None:
+        """Audit a refused message (``message.rejected``); a durable write, so blocking."""
+        self.coordinator.events.record(
+            actor=actor,
+            action="message.rejected",
+            resource=resource,
+            outcome="refused",
+            details={**details, "reason": reason},
+            now=utcnow(),
+        )
+
+    def model_signature(self, statement: ModelStatement) -> str:
+        """Sign ``statement`` (the last signature is kept: every poll asks again)."""
+        cached = self._model_signature
+        if cached is not None and cached[0] == statement:
+            return cached[1]
+        signature = sign_model(statement, self.signing_key)
+        self._model_signature = (statement, signature)
+        return signature
+
     # -- long-poll ------------------------------------------------------------------
 
     def _task_now(self, name: str) -> TaskMessage | None:
         assignment = self.coordinator.assignment_for(name, utcnow())
         if assignment is not None:
+            statement = ModelStatement(
+                federation=assignment.federation,
+                round=assignment.round,
+                model_sha3=assignment.model.sha3,
+                model_version=assignment.model.version,
+            )
             return TaskMessage(
                 kind=assignment.kind,
                 federation=assignment.federation,
@@ -114,6 +159,7 @@ class CoordinatorService:
                 attempt=assignment.attempt,
                 model_version=assignment.model.version,
                 model_sha3=assignment.model.sha3,
+                model_signature=self.model_signature(statement),
                 deadline=assignment.deadline,
                 task=self.config.task,
                 secure_aggregation=self.secure is not None and assignment.kind == "fit",
