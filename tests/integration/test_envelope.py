@@ -213,20 +213,13 @@ def test_no_envelope_no_service(coordinator: Federation) -> None:
     assert_audited(coordinator, before, "missing", "admin")
 
 
-def test_a_body_that_is_not_the_signed_one_is_refused(coordinator: Federation) -> None:
+def test_a_request_without_a_body_must_sign_the_empty_body(coordinator: Federation) -> None:
     name = coordinator.names[0]
     kit = coordinator.kit(name)
     before = len(rejections(coordinator))
-    signed = b'{"reason":"signed"}'
-    sent = b'{"reason":"swapped"}'
-    # /health is GET-only but a body of its own must still be the signed one: use the
-    # evaluation endpoint (a POST that reads its body), with no round open.
-    headers = envelope_header(kit, "GET", "/v1/health", body=signed)
+    headers = envelope_header(kit, "GET", "/v1/health", body=b"a body that was never sent")
     with raw_client(coordinator, name) as http:
-        reply = http.request("GET", "/v1/health", content=sent, headers=headers)
-        assert reply.status_code == 200  # the endpoint never read the body: nothing used
-        headers = envelope_header(kit, "GET", "/v1/health", body=signed)
-        reply = http.get("/v1/health", headers=headers)  # no body at all
+        reply = http.get("/v1/health", headers=headers)
     assert reply.status_code == 400
     assert "does not match the hash" in reply.json()["error"]
     assert_audited(coordinator, before, "payload_mismatch", name)
@@ -375,3 +368,47 @@ def test_a_reply_signed_with_the_wrong_key_is_a_clear_transport_error(
         core.close()
     assert not isinstance(info.value, RejectedError)
     assert "failed verification" in info.value.message
+
+
+@pytest.mark.slow
+def test_a_body_an_endpoint_reads_must_be_the_signed_one(
+    federation_factory: FederationFactory,
+) -> None:
+    fed = federation_factory(ONE_SITE)
+    core = Coordinator(fed.config, workdir=fed.workdir, base_dir=fed.root, now=utcnow())
+    service = CoordinatorService(
+        core, config=fed.config, signing_key=fed.kit("coordinator").signing_key()
+    )
+    name = fed.names[0]
+    kit = fed.kit(name)
+    try:
+        with serving(service, fed.kit("coordinator")) as url:
+            with CoordinatorClient.from_kit(url, kit, max_retries=0) as client:
+                deadline = time.monotonic() + 60
+                task = None
+                while task is None or task.kind != "fit":
+                    assert time.monotonic() < deadline, "no fit task"
+                    task = client.next_task(wait_s=2)
+            assert task.round is not None and task.attempt is not None
+            path = f"/v1/rounds/{task.round}/decline"
+            query = f"attempt={task.attempt}"
+            signed, sent = b'{"reason":"signed"}', b'{"reason":"swaps"}'
+            headers = envelope_header(
+                kit, "POST", path, query=query, body=signed, round_number=task.round
+            )
+            with httpx.Client(
+                base_url=url, verify=client_ssl_context(kit), timeout=30.0, trust_env=False
+            ) as http:
+                reply = http.post(
+                    path, params={"attempt": task.attempt}, content=sent, headers=headers
+                )
+            assert reply.status_code == 400
+            assert "does not match the hash" in reply.json()["error"]
+            # The endpoint never got the whole body: the decline was not taken.
+            core.expects(name, kind="fit", round=task.round, attempt=task.attempt, now=utcnow())
+        events = EventLog(core.db).list()
+    finally:
+        core.close()
+    rejected = [e for e in events if e.action == "message.rejected"]
+    assert [(e.actor, e.details["reason"]) for e in rejected] == [(name, "payload_mismatch")]
+    assert not [e for e in events if e.action == "round.refusal"]
