@@ -64,7 +64,7 @@ from fedshield.federation.secure_agent import SecureSession
 from fedshield.identity import Kit, client_ssl_context, load_certificate, server_ssl_context
 from fedshield.storage import Database, EventLog, EventRecord, RoundLog, RoundRecord
 from fedshield.tensors import Layout, flatten
-from fedshield.transport.client import CoordinatorClient
+from fedshield.transport.client import CoordinatorClient, Credentials
 from fedshield.transport.messages import SECAGG_STAGES, FitMeta, SecAggRefusal, TaskMessage
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -267,6 +267,7 @@ class FakeParticipant:
         client = CoordinatorClient(
             self.url,
             ssl_context=context,
+            credentials=Credentials.from_kit(kit),
             timeout_s=60.0,
             max_retries=2,
             reconnect_timeout_s=20.0,
@@ -319,7 +320,7 @@ class FakeParticipant:
                 assert task.round is not None and task.attempt is not None
                 assert task.model_sha3 is not None
                 sent_before = client.bytes_sent
-                weights = client.fetch_model(task.model_sha3)
+                weights = client.fetch_task_model(task)
                 if update is None:  # precomputed once: small random float32 values
                     update = {
                         k: (1e-3 * rng.standard_normal(v.shape)).astype(np.float32)

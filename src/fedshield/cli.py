@@ -607,7 +607,14 @@ def coordinator(
                 )
             )
 
-    service = CoordinatorService(core, config=cfg, on_report=report, policy=policy)
+    service = CoordinatorService(
+        core,
+        config=cfg,
+        signing_key=kit_obj.signing_key(),
+        name=kit_obj.name,
+        on_report=report,
+        policy=policy,
+    )
     bound = sock.getsockname()[1]
     _record_listen(core, kit_obj, host=bind_host, port=bound)
     if not cfg.secure_aggregation.enabled:

@@ -424,6 +424,9 @@ class TransportConfig(_Section):
     backoff_base_s: float = Field(default=0.25, gt=0.0, le=_HOUR_S)
     backoff_max_s: float = Field(default=10.0, gt=0.0, le=_HOUR_S)
     reconnect_timeout_s: float = Field(default=300.0, gt=0.0, le=_WEEK_S)
+    envelope_window_s: float = Field(default=120.0, ge=5.0, le=_HOUR_S)
+    """How far a signed message's timestamp may be from the coordinator's clock, either
+    way; nonces are remembered this long (see docs/messages.md)."""
 
 
 class AccessKit(_Section):

@@ -31,7 +31,7 @@ from fedshield.config import FederationConfig, parse_config
 from fedshield.errors import TransportError
 from fedshield.federation.kits import provision_federation, write_config
 from fedshield.federation.launcher import ProcessGroup
-from fedshield.identity import Kit, ProvisionResult, client_ssl_context
+from fedshield.identity import Kit, ProvisionResult
 from fedshield.storage import BlobStore, Database, ModelRegistry, RoundLog, RoundRecord
 from fedshield.transport.client import CoordinatorClient
 
@@ -148,9 +148,7 @@ class Federation:
     def client(self, name: str, **options: Any) -> CoordinatorClient:
         """Return a client speaking as ``name`` over mutual TLS; fails fast by default."""
         options = {"max_retries": 0, "timeout_s": 10.0, "reconnect_timeout_s": 10.0, **options}
-        return CoordinatorClient(
-            self.url, ssl_context=client_ssl_context(self.kit(name)), **options
-        )
+        return CoordinatorClient.from_kit(self.url, self.kit(name), **options)
 
     # -- processes --------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from fedshield.identity import client_ssl_context
+from fedshield.transport.client import Credentials, EnvelopeAuth
 from fedshield.transport.messages import META_HEADER, FitMeta
 from fedshield.transport.server import FIRST_REQUEST_S
 
@@ -24,9 +25,11 @@ HOST = "127.0.0.1"
 
 
 def _http(federation: Federation, name: str = "site-1") -> httpx.Client:
+    kit = federation.kit(name)
     return httpx.Client(
         base_url=federation.url,
-        verify=client_ssl_context(federation.kit(name)),
+        verify=client_ssl_context(kit),
+        auth=EnvelopeAuth(Credentials.from_kit(kit)),  # signed like every fedshield client
         timeout=20.0,
         trust_env=False,
     )
@@ -52,7 +55,8 @@ def test_an_upload_nobody_asked_for_is_refused_before_its_body_is_read(
             headers={META_HEADER: meta.model_dump_json()},
         )
     assert response.status_code == 409
-    assert "no fit round is open" in response.json()["error"]
+    # The envelope check refuses it first: round 1 is not open (see docs/messages.md).
+    assert "no round is open" in response.json()["error"]
 
 
 def test_a_malformed_path_gets_our_error_shape(coordinator: Federation) -> None:

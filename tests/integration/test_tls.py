@@ -27,7 +27,7 @@ from fedshield.identity import (
     write_private_key,
 )
 from fedshield.storage import Database, EventLog
-from fedshield.transport.client import CoordinatorClient, RejectedError
+from fedshield.transport.client import CoordinatorClient, Credentials, RejectedError
 
 if TYPE_CHECKING:
     from conftest import Federation
@@ -77,7 +77,12 @@ def test_certificate_from_another_ca_is_refused_at_the_handshake(
 
     # Through the participant client: refused below HTTP, so never a 4xx from the API.
     with (
-        CoordinatorClient(coordinator.url, ssl_context=impostor_context, max_retries=0) as client,
+        CoordinatorClient(
+            coordinator.url,
+            ssl_context=impostor_context,
+            credentials=Credentials.from_kit(coordinator.kit(coordinator.names[0])),
+            max_retries=0,
+        ) as client,
         pytest.raises((IdentityError, TransportError)) as info,
     ):
         client.status()
@@ -115,6 +120,7 @@ def test_participant_client_with_foreign_certificate_fails_fast_with_identity_er
         CoordinatorClient(
             coordinator.url,
             ssl_context=impostor_context,
+            credentials=Credentials.from_kit(coordinator.kit(coordinator.names[0])),
             max_retries=0,
             backoff_base_s=0.1,
             backoff_max_s=0.5,
@@ -151,7 +157,12 @@ def test_client_without_certificate_is_refused(coordinator: Federation) -> None:
             http.get(f"{coordinator.url}/v1/health")
 
     with (
-        CoordinatorClient(coordinator.url, ssl_context=context, max_retries=0) as client,
+        CoordinatorClient(
+            coordinator.url,
+            ssl_context=context,
+            credentials=Credentials.from_kit(coordinator.kit("admin")),
+            max_retries=0,
+        ) as client,
         pytest.raises((IdentityError, TransportError)) as info,
     ):
         client.status()
@@ -188,7 +199,11 @@ def test_status_is_for_the_admin_not_for_participants(coordinator: Federation) -
 def test_client_refuses_plain_http_urls(coordinator: Federation) -> None:
     context = tls13_client_context(coordinator.kits.ca_cert_path)
     with pytest.raises(ConfigError, match="https://"):
-        CoordinatorClient(f"http://{HOST}:{coordinator.port}", ssl_context=context)
+        CoordinatorClient(
+            f"http://{HOST}:{coordinator.port}",
+            ssl_context=context,
+            credentials=Credentials.from_kit(coordinator.kit("admin")),
+        )
 
 
 def test_coordinator_negotiates_tls_1_3_and_nothing_older(coordinator: Federation) -> None:

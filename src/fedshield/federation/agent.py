@@ -21,6 +21,13 @@ policy (``[data] masking_policy`` or ``<csv_dir>/<name>.masking.toml``) and its
 pseudonym key (``masking.key`` in the kit, created 0600 on first use) before the task
 sees it; a column that looks identifying and is neither masked nor allowed stops the
 agent before it connects. Each fit report carries the policy's hash, never the policy.
+
+Every reply from the coordinator is verified before it is used (see
+:mod:`fedshield.transport.envelope`), and the agent trains on or evaluates a model only
+if the coordinator signed its (federation, round, SHA3, version) and the downloaded
+bytes hash to that SHA3. A fit round whose model fails is declined with the reason (the
+coordinator counts a dropout and audits the refusal); an evaluation of such a model
+ends the agent with the error, since an evaluation cannot be declined.
 """
 
 from __future__ import annotations
@@ -58,7 +65,8 @@ from fedshield.training.tasks import (
     model_weights,
     resolve_task,
 )
-from fedshield.transport.client import CoordinatorClient, RejectedError
+from fedshield.transport.client import CoordinatorClient, Credentials, RejectedError
+from fedshield.transport.envelope import UntrustedModelError
 from fedshield.transport.messages import EvaluationResult, FitMeta, SecAggRefusal, TaskMessage
 
 __all__ = [
@@ -174,6 +182,7 @@ def run_agent(
     client = CoordinatorClient(
         coordinator_url or me.coordinator,
         ssl_context=client_ssl_context(kit),
+        credentials=Credentials.from_kit(kit),
         timeout_s=transport.request_timeout_s,
         max_retries=transport.max_retries,
         backoff_base_s=transport.backoff_base_s,
@@ -236,6 +245,15 @@ def run_agent(
                     continue
                 try:
                     outcome = _work(client, parts, layout, task, me, say, privacy, masking_sha3)
+                except UntrustedModelError as exc:
+                    # Refused before training: the model is not the coordinator's.
+                    assert task.round is not None and task.attempt is not None
+                    if task.kind != "fit":
+                        raise
+                    say(f"round {task.round}: declining: {exc.message}")
+                    client.decline(task.round, task.attempt, exc.message[:1000])
+                    refused += 1
+                    continue
                 except BudgetExhaustedError as exc:
                     # Refused before training: nothing was computed on the data.
                     assert task.round is not None and task.attempt is not None
@@ -383,7 +401,7 @@ def _work(
             f"coordinator asks for task {got!r} but this site runs {me.task!r}",
             hint="A site only runs the task named in its own participant.toml.",
         )
-    weights = client.fetch_model(task.model_sha3, layout=layout)
+    weights = client.fetch_task_model(task, layout=layout)
     trainer = LocalTrainer(
         parts,
         config=train_config_of(task.task),

@@ -614,6 +614,12 @@ class Coordinator:
                 now=now,
             )
 
+    def open_round(self) -> int | None:
+        """Return the number of the open round, or None while no round is open."""
+        with self._lock:
+            current = self.machine.current
+        return current[0] if current is not None else None
+
     def expects(
         self, participant: str, *, kind: Kind, round: int, attempt: int, now: datetime
     ) -> None:

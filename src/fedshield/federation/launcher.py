@@ -26,7 +26,7 @@ from fedshield.config import FederationConfig
 from fedshield.errors import ConfigError, FedshieldError, RoundFailedError, TransportError
 from fedshield.federation.coordinator import privacy_report, round_entry, utcnow
 from fedshield.federation.kits import absolute_data_paths, provision_federation, write_config
-from fedshield.identity import Kit, client_ssl_context
+from fedshield.identity import Kit
 from fedshield.storage import Database, EventLog, ModelRegistry, RoundLog
 from fedshield.storage.audit import AUDIT_PUB_FILE, AuditLog, read_public_key
 from fedshield.storage.blobs import BlobStore
@@ -230,9 +230,7 @@ def _follow(
 ) -> tuple[dict[str, Any], int]:
     shown = 0
     status: dict[str, Any] = {}
-    with CoordinatorClient(
-        url, ssl_context=client_ssl_context(admin), max_retries=3, timeout_s=10.0
-    ) as client:
+    with CoordinatorClient.from_kit(url, admin, max_retries=3, timeout_s=10.0) as client:
         while time.monotonic() < deadline:
             coordinator = group.procs["coordinator"]
             try:

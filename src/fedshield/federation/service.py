@@ -5,6 +5,11 @@ The service keeps what only the network shell needs: which participants are reac
 the waiters of pending long-polls, the encoded bytes of the distributed model, and the
 end of the federation (every participant is told ``finished`` or ``failed`` before the
 coordinator exits, or the grace period runs out).
+
+The service holds the coordinator's signing key (the one its certificate binds): it
+signs every reply (:mod:`fedshield.transport.envelope`) and, in every fit or evaluate
+task, a :class:`~fedshield.transport.envelope.ModelStatement` over (federation, round,
+model SHA3, model version), which a participant checks before it trains on the model.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from fedshield.config import FederationConfig
 from fedshield.federation.coordinator import Coordinator, Report, utcnow
 from fedshield.federation.round import FederationFailed, FederationFinished
@@ -24,6 +31,7 @@ from fedshield.policy import Policy
 from fedshield.secagg import system_random
 from fedshield.storage.identity import RevocationCache, Revocations
 from fedshield.tensors import encode
+from fedshield.transport.envelope import ModelStatement, sign_model
 from fedshield.transport.messages import LocalDP, TaskMessage
 
 __all__ = ["CoordinatorService"]
@@ -37,6 +45,8 @@ class CoordinatorService:
         coordinator: Coordinator,
         *,
         config: FederationConfig,
+        signing_key: Ed25519PrivateKey,
+        name: str = "coordinator",
         on_report: Callable[[Report], None] | None = None,
         tick_s: float = 0.2,
         end_grace_s: float = 30.0,
@@ -52,6 +62,9 @@ class CoordinatorService:
             Revocations(coordinator.db), refresh_s=config.access.revocation_refresh_s
         )
         self.revocations.refresh()
+        self.signing_key = signing_key
+        self.name = name
+        self._model_signature: tuple[ModelStatement, str] | None = None
         self.names = frozenset(config.participants.resolved_names())
         self.on_report = on_report
         self.tick_s = tick_s
@@ -147,11 +160,43 @@ class CoordinatorService:
             if task is not None:
                 relay.refuse(name, task[0], f"certificate revoked: {reason}")
 
+    def open_round(self) -> int | None:
+        """Return the number of the round the coordinator has open, or None."""
+        return self.coordinator.open_round()
+
+    def record_rejection(
+        self, actor: str, resource: str, reason: str, details: dict[str, Any]
+    ) -> None:
+        """Audit a refused message (``message.rejected``); a durable write, so blocking."""
+        self.coordinator.events.record(
+            actor=actor,
+            action="message.rejected",
+            resource=resource,
+            outcome="refused",
+            details={**details, "reason": reason},
+            now=utcnow(),
+        )
+
+    def model_signature(self, statement: ModelStatement) -> str:
+        """Sign ``statement`` (the last signature is kept: every poll asks again)."""
+        cached = self._model_signature
+        if cached is not None and cached[0] == statement:
+            return cached[1]
+        signature = sign_model(statement, self.signing_key)
+        self._model_signature = (statement, signature)
+        return signature
+
     # -- long-poll ------------------------------------------------------------------
 
     def _task_now(self, name: str) -> TaskMessage | None:
         assignment = self.coordinator.assignment_for(name, utcnow())
         if assignment is not None:
+            statement = ModelStatement(
+                federation=assignment.federation,
+                round=assignment.round,
+                model_sha3=assignment.model.sha3,
+                model_version=assignment.model.version,
+            )
             return TaskMessage(
                 kind=assignment.kind,
                 federation=assignment.federation,
@@ -159,6 +204,7 @@ class CoordinatorService:
                 attempt=assignment.attempt,
                 model_version=assignment.model.version,
                 model_sha3=assignment.model.sha3,
+                model_signature=self.model_signature(statement),
                 deadline=assignment.deadline,
                 task=self.config.task,
                 secure_aggregation=self.secure is not None and assignment.kind == "fit",

@@ -7,6 +7,14 @@ not from the federation CA, or ours refused) is not retried either: it will not 
 
 While the coordinator is unreachable (for example while it restarts) the client keeps
 retrying until ``reconnect_timeout_s`` has passed since the last successful request.
+
+Every request is signed with the kit's signing key and every reply is verified against
+the coordinator's certificate before it is used (:class:`EnvelopeAuth`, see
+:mod:`fedshield.transport.envelope`); a reply that fails is a
+:class:`~fedshield.errors.TransportError`, never retried. A retry is a new message
+(new nonce and timestamp). A distributed model is used only if the coordinator signed
+its (federation, round, SHA3, version) and the bytes hash to that SHA3
+(:meth:`CoordinatorClient.fetch_task_model`).
 """
 
 from __future__ import annotations
@@ -19,10 +27,14 @@ from typing import Any
 
 import httpx
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
 from fedshield.errors import ConfigError, IdentityError, PayloadError, ProtocolError, TransportError
+from fedshield.identity import Kit, client_ssl_context
 from fedshield.tensors import Layout, Weights, decode, encode, weights_sha3
+from fedshield.transport._client_envelope import Credentials, EnvelopeAuth
+from fedshield.transport.envelope import ModelStatement, UntrustedModelError, verify_model
 from fedshield.transport.messages import (
     META_HEADER,
     Decline,
@@ -33,7 +45,7 @@ from fedshield.transport.messages import (
     TaskMessage,
 )
 
-__all__ = ["CoordinatorClient", "RejectedError"]
+__all__ = ["CoordinatorClient", "Credentials", "EnvelopeAuth", "RejectedError"]
 
 _RETRY_STATUS = frozenset({502, 503, 504})
 
@@ -66,6 +78,8 @@ class CoordinatorClient:
         base_url: str,
         *,
         ssl_context: ssl.SSLContext,
+        credentials: Credentials,
+        clock: Callable[[], float] = time.time,
         timeout_s: float = 60.0,
         max_retries: int = 6,
         backoff_base_s: float = 0.25,
@@ -89,9 +103,11 @@ class CoordinatorClient:
         self.max_payload_bytes = max_payload_bytes
         self._jitter = jitter or random.Random()  # noqa: S311 - jitter, not a secret
         self._sleep = sleep
+        self.auth = EnvelopeAuth(credentials, clock=clock)
         self._client = httpx.Client(
             base_url=self.base_url,
             verify=ssl_context,
+            auth=self.auth,
             timeout=httpx.Timeout(timeout_s),
             trust_env=False,
             follow_redirects=False,
@@ -100,6 +116,21 @@ class CoordinatorClient:
         self._ever_ok = False
         self.bytes_sent = 0
         self.bytes_received = 0
+
+    @classmethod
+    def from_kit(cls, base_url: str, kit: Kit, **options: Any) -> CoordinatorClient:
+        """Return a client that speaks as ``kit`` (its TLS identity and signing key)."""
+        return cls(
+            base_url,
+            ssl_context=client_ssl_context(kit),
+            credentials=Credentials.from_kit(kit),
+            **options,
+        )
+
+    @property
+    def coordinator_key(self) -> Ed25519PublicKey | None:
+        """The coordinator's signing key, from the certificate of its last verified reply."""
+        return self.auth.coordinator_key
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -211,12 +242,47 @@ class CoordinatorClient:
             raise ProtocolError("the coordinator sent a malformed task message") from exc
 
     def fetch_model(self, sha3: str, *, layout: Layout | None = None) -> Weights:
-        """Download the distributed model and check it hashes to ``sha3``."""
+        """Download the distributed model and check it hashes to ``sha3``.
+
+        Raises
+        ------
+        UntrustedModelError
+            If the downloaded weights do not hash to ``sha3``.
+        """
         response = self._request("GET", f"/v1/models/{sha3}", reconnect=True)
         weights = decode(response.content, layout=layout, max_bytes=self.max_payload_bytes)
         if weights_sha3(weights) != sha3:
-            raise ProtocolError("the downloaded model does not match its announced SHA3 hash")
+            raise UntrustedModelError(
+                f"the downloaded model does not match its announced SHA3 hash {sha3[:12]}",
+                hint="Do not train on it; tell the federation's administrator.",
+            )
         return weights
+
+    def fetch_task_model(self, task: TaskMessage, *, layout: Layout | None = None) -> Weights:
+        """Verify the model a fit or evaluate task names, then download and check it.
+
+        The task's ``model_signature`` must be the coordinator's signature (the key
+        its certificate binds) over the task's federation, round, model SHA3 and
+        version; then the downloaded weights must hash to that SHA3.
+
+        Raises
+        ------
+        UntrustedModelError
+            If either check fails: the model must not be used.
+        """
+        key = self.coordinator_key
+        if task.round is None or task.model_sha3 is None or task.model_version is None:
+            raise UntrustedModelError("the task names no model to verify")
+        if key is None:
+            raise UntrustedModelError("no verified reply from the coordinator yet")
+        statement = ModelStatement(
+            federation=task.federation,
+            round=task.round,
+            model_sha3=task.model_sha3,
+            model_version=task.model_version,
+        )
+        verify_model(statement, task.model_signature, key)
+        return self.fetch_model(task.model_sha3, layout=layout)
 
     def push_update(self, meta: FitMeta, update: Mapping[str, np.ndarray]) -> None:
         """Upload an update with its metadata."""

@@ -62,6 +62,10 @@ class TaskMessage(_Message):
     attempt: int | None = None
     model_version: int | None = None
     model_sha3: str | None = Field(default=None, pattern=_SHA3)
+    model_signature: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{86}$")
+    """The coordinator's Ed25519 signature (base64url) over the
+    :class:`~fedshield.transport.envelope.ModelStatement` of ``federation``, ``round``,
+    ``model_sha3`` and ``model_version``: a participant trains on nothing else."""
     deadline: datetime | None = None
     task: TaskConfig | None = None
     reason: str | None = None

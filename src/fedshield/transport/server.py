@@ -40,6 +40,11 @@ allows that :class:`~fedshield.policy.DecisionLog` selects, are audit entries
 
 Request bodies are read with a byte limit before they are parsed; errors are JSON
 ``{"error", "hint"}`` bodies with 4xx codes and never echo internals.
+
+Every request must carry a signed envelope and every reply carries one: one middleware
+(:class:`~fedshield.transport._server_envelope.EnvelopeMiddleware`) checks them before
+any endpoint runs, and hashes the body as the endpoint reads it under its own limit (see
+:mod:`fedshield.transport.envelope` and docs/messages.md).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ import json
 import math
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -82,6 +88,7 @@ from fedshield.storage import ModelVersion
 from fedshield.storage.audit import AuditLog
 from fedshield.storage.identity import RevocationRecord
 from fedshield.tensors import decode, encode
+from fedshield.transport._server_envelope import EnvelopeGuard, EnvelopeMiddleware
 from fedshield.transport.messages import (
     META_HEADER,
     SECAGG_STAGES,
@@ -323,8 +330,11 @@ async def _read_body(request: Request, *, limit: int) -> bytes:
     return bytes(body)
 
 
-def create_app(service: CoordinatorService) -> FastAPI:
-    """Build the coordinator API around ``service``."""
+def create_app(service: CoordinatorService, *, clock: Callable[[], float] = time.time) -> FastAPI:
+    """Build the coordinator API around ``service``.
+
+    ``clock`` (seconds since the epoch) is what message timestamps are checked against.
+    """
     coordinator = service.coordinator
     limit = service.config.transport.max_payload_bytes
     layout = coordinator.layout
@@ -342,6 +352,19 @@ def create_app(service: CoordinatorService) -> FastAPI:
     access = _Access(service)
     admin = Administration(
         coordinator.db, enrolled=service.names, models_dir=coordinator.workdir / "models"
+    )
+    app.add_middleware(
+        EnvelopeMiddleware,
+        guard=EnvelopeGuard(
+            federation=service.config.federation.name,
+            sender=service.name,
+            signing_key=service.signing_key,
+            window_s=service.config.transport.envelope_window_s,
+            open_round=service.open_round,
+            audit=service.record_rejection,
+            peer_key=_SCOPE_KEY,
+            clock=clock,
+        ),
     )
 
     @app.exception_handler(_Refused)
