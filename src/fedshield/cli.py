@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -763,7 +764,6 @@ def identity_sign(
     ] = None,
 ) -> None:
     """Sign a site's CSR with the federation CA (admin); prints who it vouches for."""
-    from fedshield.federation.coordinator import utcnow
     from fedshield.identity import load_certificate, load_private_key, write_certificate
     from fedshield.identity.csr import sign_request
     from fedshield.policy import load_policy
@@ -777,7 +777,7 @@ def identity_sign(
         data,
         load_private_key(ca / "ca.key"),
         load_certificate(ca / "ca.crt"),
-        now=utcnow(),
+        now=_utcnow(),
         valid_days=valid_days,
         roles=roles,
     )
@@ -808,14 +808,13 @@ def identity_rotate(
     """Give an entity a new key pair and certificate; revoke the old one after a grace period."""
     from datetime import timedelta
 
-    from fedshield.federation.coordinator import utcnow
     from fedshield.identity import Kit, load_certificate, load_private_key
     from fedshield.identity.rotate import rotate_kit
     from fedshield.storage import EventLog
     from fedshield.storage.identity import Revocations
 
     db = _database(workdir) if workdir is not None else None
-    now = utcnow()
+    now = _utcnow()
     try:
         rotation = rotate_kit(
             Kit.load(kit, now=now),
@@ -961,6 +960,11 @@ CoordinatorOpt = Annotated[
 ]
 
 
+def _utcnow() -> datetime:
+    # Not federation.coordinator.utcnow: importing it loads torch, seconds for a CLI call.
+    return datetime.now(UTC)
+
+
 def _local_actor() -> str:
     return f"cli:{os.environ.get('USER', 'admin')}"
 
@@ -1029,7 +1033,6 @@ def participants_revoke(
     coordinator_url: CoordinatorOpt = None,
 ) -> None:
     """Revoke a participant (admin): a running coordinator refuses its next request."""
-    from fedshield.federation.coordinator import utcnow
     from fedshield.storage.identity import REFRESH_S
 
     if kit is not None:
@@ -1039,7 +1042,7 @@ def participants_revoke(
         return
     admin = _administration(workdir)
     try:
-        admin.revoke(name, reason=reason, actor=_local_actor(), now=utcnow())
+        admin.revoke(name, reason=reason, actor=_local_actor(), now=_utcnow())
     finally:
         admin.db.close()
     _out.print(
@@ -1057,15 +1060,13 @@ def participants_quarantine(
     coordinator_url: CoordinatorOpt = None,
 ) -> None:
     """Quarantine a participant (admin): it is not selected from the next round on."""
-    from fedshield.federation.coordinator import utcnow
-
     if kit is not None:
         with _admin_client(kit, coordinator_url) as client:
             client.quarantine(name, reason=reason)
     else:
         admin = _administration(workdir)
         try:
-            admin.quarantine(name, reason=reason, actor=_local_actor(), now=utcnow())
+            admin.quarantine(name, reason=reason, actor=_local_actor(), now=_utcnow())
         finally:
             admin.db.close()
     _out.print(f"quarantined {escape(name)}; it is not selected from the next round on")
@@ -1079,15 +1080,13 @@ def participants_release(
     coordinator_url: CoordinatorOpt = None,
 ) -> None:
     """Release a quarantined participant (admin): it may be selected again next round."""
-    from fedshield.federation.coordinator import utcnow
-
     if kit is not None:
         with _admin_client(kit, coordinator_url) as client:
             client.release(name)
     else:
         admin = _administration(workdir)
         try:
-            admin.release(name, actor=_local_actor(), now=utcnow())
+            admin.release(name, actor=_local_actor(), now=_utcnow())
         finally:
             admin.db.close()
     _out.print(f"released {escape(name)}; a running coordinator takes it back from the next round")
@@ -1171,8 +1170,6 @@ def models_rollback(
     coordinator_url: CoordinatorOpt = None,
 ) -> None:
     """Make an earlier version the head that the next round starts from."""
-    from fedshield.federation.coordinator import utcnow
-
     if kit is not None:
         with _admin_client(kit, coordinator_url) as client:
             result = client.rollback(version, reason=reason)
@@ -1180,7 +1177,7 @@ def models_rollback(
     else:
         admin = _administration(workdir)
         try:
-            v = admin.rollback(version, reason=reason, actor=_local_actor(), now=utcnow())
+            v = admin.rollback(version, reason=reason, actor=_local_actor(), now=_utcnow())
         finally:
             admin.db.close()
         head, sha3 = v.version, v.sha3
