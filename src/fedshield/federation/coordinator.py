@@ -615,9 +615,12 @@ class Coordinator:
             )
 
     def open_round(self) -> int | None:
-        """Return the number of the open round, or None while no round is open."""
-        with self._lock:
-            current = self.machine.current
+        """Return the number of the open round, or None while no round is open.
+
+        Lock-free (the machine replaces its open round in one assignment), so a request
+        is never held up behind a round that is being closed and aggregated.
+        """
+        current = self.machine.current
         return current[0] if current is not None else None
 
     def expects(

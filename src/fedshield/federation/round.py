@@ -441,9 +441,10 @@ class RoundMachine:
     @property
     def current(self) -> tuple[int, int, Kind] | None:
         """``(round, attempt, kind)`` of the open round, if one is open."""
-        if self._open is None:
+        op = self._open  # read once: safe to call while another thread moves the machine
+        if op is None:
             return None
-        return self._open.round, self._open.attempt, self._open.kind
+        return op.round, op.attempt, op.kind
 
     @property
     def selected(self) -> tuple[str, ...]:
