@@ -179,7 +179,8 @@ def _check_shape(data: ArrayDataset, *, task: str, feature_shape: tuple[int, ...
         raise TaskError(
             f"task {task} needs features of shape {feature_shape}, "
             f"the data has {tuple(data.x.shape[1:])}",
-            hint="Pick the task that matches the dataset (digits, mnist, breast_cancer).",
+            hint="Pick the task that matches the dataset "
+            "(digits; mnist or mnist_tanh; breast_cancer).",
         )
 
 
