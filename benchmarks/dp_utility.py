@@ -61,6 +61,8 @@ tanh CNN, sampling rate 0.5, learning rate 2            90.3%
 tanh CNN, q 0.5, max_grad_norm 0.1, learning rate 20    90.6%
 tanh, Tramer-Boneh CNN (26,010 parameters), q 0.5, lr 2 88.9%
 tanh CNN, sampling rate 1.0, learning rate 4            91.8%
+tanh CNN, sampling rate 1.0, learning rate 8            89.1%
+tanh, q 1.0, lr 0.5, server momentum 0.9 (loop only)   86.8%
 =====================================================  ==========
 
 After the runs, one local epoch of plain SGD (``fedshield.training.local.train_local``,
