@@ -6,7 +6,7 @@ the factory returns a freshly initialised model and the loaders that role needs.
 Because model weights are initialised from ``ctx.seed`` alone, every process of a
 federation starts from identical weights without shipping them.
 
-Built-in tasks are :func:`digits_mlp`, :func:`mnist_cnn` and
+Built-in tasks are :func:`digits_mlp`, :func:`mnist_cnn`, :func:`mnist_cnn_tanh` and
 :func:`breast_cancer_mlp`. A user task is named ``"package.module:factory"`` and
 loaded by :func:`resolve_task`; importing it runs the user's code, so only name tasks
 you trust. :func:`call_task` is the boundary where a misbehaving factory becomes a
@@ -48,6 +48,7 @@ __all__ = [
     "load_weights",
     "make_loader",
     "mnist_cnn",
+    "mnist_cnn_tanh",
     "model_weights",
     "resolve_task",
 ]
@@ -179,7 +180,8 @@ def _check_shape(data: ArrayDataset, *, task: str, feature_shape: tuple[int, ...
         raise TaskError(
             f"task {task} needs features of shape {feature_shape}, "
             f"the data has {tuple(data.x.shape[1:])}",
-            hint="Pick the task that matches the dataset (digits, mnist, breast_cancer).",
+            hint="Pick the task that matches the dataset "
+            "(digits; mnist or mnist_tanh; breast_cancer).",
         )
 
 
@@ -219,17 +221,21 @@ def _digits_model() -> nn.Module:
     return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
 
 
-def _mnist_model() -> nn.Module:
+def _mnist_model(activation: Callable[[], nn.Module] = nn.ReLU) -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(1, 16, kernel_size=5),
-        nn.ReLU(),
+        activation(),
         nn.MaxPool2d(2),
         nn.Conv2d(16, 32, kernel_size=5),
-        nn.ReLU(),
+        activation(),
         nn.MaxPool2d(2),
         nn.Flatten(),
         nn.Linear(32 * 4 * 4, 10),
     )
+
+
+def _mnist_tanh_model() -> nn.Module:
+    return _mnist_model(nn.Tanh)
 
 
 def _breast_cancer_model() -> nn.Module:
@@ -286,6 +292,38 @@ def mnist_cnn(ctx: TaskContext) -> TaskParts:
     return _build_parts(ctx, task="mnist_cnn", build=_mnist_model, feature_shape=(1, 28, 28))
 
 
+def mnist_cnn_tanh(ctx: TaskContext) -> TaskParts:
+    """Build the MNIST task for DP-SGD: :func:`mnist_cnn`'s CNN with tanh instead of ReLU.
+
+    The same layers and parameter count (18,378); only the activation differs. Bounded
+    ("tempered") activations keep the activations, and so the per-record gradients, from
+    growing during training, so clipping them to ``max_grad_norm`` throws less of them
+    away (Papernot et al., 2021, "Tempered Sigmoid Activations for Deep Learning with
+    Differential Privacy", AAAI). Choose it with ``[task] name = "mnist_tanh"`` when
+    the sites train with sample-level DP (``benchmarks/dp_utility.py`` measures both).
+
+    Parameters
+    ----------
+    ctx : TaskContext
+        Role, partition and data; ``ctx.data.dataset`` should be ``"mnist"``.
+
+    Returns
+    -------
+    TaskParts
+        Model initialised from ``ctx.seed`` and the role's loaders.
+
+    Raises
+    ------
+    TaskError
+        If the data is not shaped ``(n, 1, 28, 28)``.
+    ConfigError
+        If the data cannot be loaded or split.
+    """
+    return _build_parts(
+        ctx, task="mnist_cnn_tanh", build=_mnist_tanh_model, feature_shape=(1, 28, 28)
+    )
+
+
 def breast_cancer_mlp(ctx: TaskContext) -> TaskParts:
     """Build the breast-cancer task: an MLP 30 -> 16 (ReLU) -> 2 on standardized features.
 
@@ -315,6 +353,7 @@ def breast_cancer_mlp(ctx: TaskContext) -> TaskParts:
 _ALIASES: dict[str, TaskFactory] = {
     "digits": digits_mlp,
     "mnist": mnist_cnn,
+    "mnist_tanh": mnist_cnn_tanh,
     "breast_cancer": breast_cancer_mlp,
 }
 
@@ -325,7 +364,8 @@ def resolve_task(name: str) -> TaskFactory:
     Parameters
     ----------
     name : str
-        ``"digits"``, ``"mnist"``, ``"breast_cancer"``, or ``"package.module:factory"``
+        ``"digits"``, ``"mnist"``, ``"mnist_tanh"``, ``"breast_cancer"``, or
+        ``"package.module:factory"``
         for a user task (``factory`` may be a dotted attribute path). Importing a user
         module runs its code.
 
