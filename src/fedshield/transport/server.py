@@ -489,6 +489,7 @@ def create_app(service: CoordinatorService, *, clock: Callable[[], float] = time
                 num_examples=meta.num_examples,
                 update=weights,
                 metrics=meta.metrics,
+                masking_policy_sha3=meta.masking_policy_sha3,
                 now=utcnow(),
             )
         except PayloadError as exc:
@@ -573,6 +574,7 @@ def create_app(service: CoordinatorService, *, clock: Callable[[], float] = time
                 num_examples=meta.num_examples,
                 update=None,
                 metrics=meta.metrics,
+                masking_policy_sha3=meta.masking_policy_sha3,
                 now=utcnow(),
             )
         )
