@@ -39,7 +39,12 @@ from fedshield.identity import (
 from fedshield.policy import BUILTIN_ROLES, Permission, load_policy
 from fedshield.storage import Database, EventLog, EventRecord
 from fedshield.transport.admin_client import AdminClient
-from fedshield.transport.client import CoordinatorClient, RejectedError
+from fedshield.transport.client import (
+    CoordinatorClient,
+    Credentials,
+    EnvelopeAuth,
+    RejectedError,
+)
 from fedshield.transport.messages import FitMeta
 
 if TYPE_CHECKING:
@@ -320,7 +325,12 @@ def test_an_expired_certificate_is_refused_with_a_clear_error(
     context.load_verify_locations(cafile=str(expired / "ca.crt"))
     context.load_cert_chain(certfile=str(expired / "cert.pem"), keyfile=str(expired / "key.pem"))
     with (
-        CoordinatorClient(federation.url, ssl_context=context, max_retries=1) as client,
+        CoordinatorClient(
+            federation.url,
+            ssl_context=context,
+            credentials=Credentials.from_kit(Kit.load(expired, now=THREE_DAYS_AGO)),
+            max_retries=1,
+        ) as client,
         pytest.raises(IdentityError) as refused,
     ):
         client.next_task(wait_s=0)
@@ -412,6 +422,7 @@ def test_rbac_matrix_every_endpoint_and_every_role(
         with httpx.Client(
             base_url=federation.url,
             verify=client_ssl_context(federation.kit(name)),
+            auth=EnvelopeAuth(Credentials.from_kit(federation.kit(name))),
             trust_env=False,
             timeout=15.0,
         ) as http:
@@ -557,7 +568,7 @@ def test_a_site_provisioned_from_its_own_csr_takes_part_over_tls(
     shutil.copy(tmp_path / "cert.pem", site / "cert.pem")
     shutil.copy(federation.kits.ca_cert_path, site / "ca.crt")
     kit = Kit.load(site)
-    with CoordinatorClient(federation.url, ssl_context=client_ssl_context(kit)) as client:
+    with CoordinatorClient.from_kit(federation.url, kit) as client:
         assert client.next_task(wait_s=0) is None  # accepted as the enrolled participant
     assert name in federation.status()["available"]
 
@@ -585,8 +596,8 @@ def test_a_rotated_certificate_replaces_the_old_one_over_tls(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     with (
-        CoordinatorClient(federation.url, ssl_context=client_ssl_context(Kit.load(old_kit))) as old,
-        CoordinatorClient(federation.url, ssl_context=client_ssl_context(Kit.load(kit_dir))) as new,
+        CoordinatorClient.from_kit(federation.url, Kit.load(old_kit)) as old,
+        CoordinatorClient.from_kit(federation.url, Kit.load(kit_dir)) as new,
     ):
         wait_until(
             lambda: old._client.get("/v1/task", params={"wait_s": 0}).status_code == 403,

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from fedshield.errors import ProtocolError
 from fedshield.identity import Kit, client_ssl_context
-from fedshield.transport.client import CoordinatorClient
+from fedshield.transport.client import CoordinatorClient, Credentials
 
 __all__ = ["AdminClient"]
 
@@ -31,7 +31,12 @@ class AdminClient(CoordinatorClient):
     def for_kit(cls, kit: Kit, base_url: str, **options: Any) -> AdminClient:
         """Return a client that presents ``kit`` to the coordinator at ``base_url``."""
         options = {"max_retries": 0, **options}
-        return cls(base_url, ssl_context=client_ssl_context(kit), **options)
+        return cls(
+            base_url,
+            ssl_context=client_ssl_context(kit),
+            credentials=Credentials.from_kit(kit),
+            **options,
+        )
 
     def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         content = json.dumps(body).encode() if body is not None else None
