@@ -618,6 +618,7 @@ def coordinator(
     )
     bound = sock.getsockname()[1]
     _record_listen(core, kit_obj, host=bind_host, port=bound)
+    _record_policy(core, policy, policy_path(cfg.access.policy, config.parent))
     if not cfg.secure_aggregation.enabled:
         _out.print(_PLAIN_WARNING)
     if not cfg.privacy.enabled:
@@ -665,6 +666,27 @@ def _record_listen(core: Any, kit: Any, *, host: str, port: int) -> None:
             "certificate_sha256": cert.fingerprint(hashes.SHA256()).hex(),
             "certificate_not_after": cert.not_valid_after_utc.isoformat(),
             "ca_sha256": ca.fingerprint(hashes.SHA256()).hex(),
+        },
+        now=utcnow(),
+    )
+
+
+def _record_policy(core: Any, policy: Any, path: Path | None) -> None:
+    """Audit the access policy in force: its file's SHA3-256 and its custom roles."""
+    import hashlib
+
+    from fedshield.federation.coordinator import utcnow
+
+    digest = hashlib.sha3_256(path.read_bytes()).hexdigest() if path is not None else None
+    core.events.record(
+        actor=core.actor,
+        action="policy.load",
+        resource="access-policy",
+        outcome="ok",
+        details={
+            "policy_sha3": digest,
+            "source": "built-in roles only" if path is None else path.name,
+            "custom_roles": list(policy.custom_roles),
         },
         now=utcnow(),
     )

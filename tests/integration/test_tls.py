@@ -100,6 +100,7 @@ def test_certificate_from_another_ca_is_refused_at_the_handshake(
     assert {e.action for e in events} <= {
         "coordinator.start",
         "transport.listen",  # how the coordinator is reached (TLS 1.3, client certs)
+        "policy.load",  # the access policy in force
         "model.commit",
         "security.plain_aggregation",  # this federation runs without SecAgg+
         "security.no_dp",  # ... and its sites' default is training without DP

@@ -460,7 +460,7 @@ def access_control(snapshot: Snapshot) -> Evidence:
     title = "Access control: roles from certificates, deny by default, denials audited"
     sources = ("audit log: access decisions", "participant registry")
     denied = [e for e in snapshot.events if e.outcome in DENIED_OUTCOMES]
-    policies = _events(snapshot, "policy.load", "rbac.policy")
+    policies = _events(snapshot, "policy.load")
     by_actor = Counter(e.actor for e in denied)
     roles = Counter(p.role for p in snapshot.participants)
     facts: dict[str, Any] = {
@@ -479,11 +479,27 @@ def access_control(snapshot: Snapshot) -> Evidence:
             {str(e.details.get("policy_sha3")) for e in policies if e.details.get("policy_sha3")}
         ),
         "callers_by_role": dict(sorted(roles.items())),
+        "custom_roles": sorted(
+            {str(r) for e in policies for r in (e.details.get("custom_roles") or [])}
+        ),
     }
-    summary = (
-        "Every caller is identified by its CA-issued certificate, and each endpoint "
-        "allows only its roles (deny by default)."
-    )
+    if policies:
+        custom = facts["custom_roles"]
+        summary = (
+            "Every caller is identified by its CA-issued certificate and every call is "
+            "decided by the access policy in force (deny by default): "
+            + (f"custom roles {', '.join(custom)}" if custom else "built-in roles only")
+            + (
+                f", policy file SHA3 {', '.join(h[:16] + '...' for h in facts['policy_hashes'])}."
+                if facts["policy_hashes"]
+                else "."
+            )
+        )
+    else:
+        summary = (
+            "Every caller is identified by its CA-issued certificate, and each endpoint "
+            "allows only its roles (deny by default); no policy load was recorded."
+        )
     if denied:
         summary += f" {len(denied)} denied accesses are in the audit log."
     else:
