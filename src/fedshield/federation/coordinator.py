@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import json
 import math
 import re
 import threading
@@ -44,6 +43,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from fedshield.audit.entry import canonical_json
 from fedshield.config import DataConfig, FederationConfig, participant_sampling_rate
 from fedshield.errors import ConfigError, PayloadError
 from fedshield.federation.participant import train_config_of
@@ -368,10 +368,7 @@ def config_digest(config: FederationConfig) -> str:
     Recorded at every coordinator start, so an auditor can tell which settings a run
     used and whether they changed between restarts.
     """
-    text = json.dumps(
-        config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), allow_nan=False
-    )
-    return hashlib.sha3_256(text.encode()).hexdigest()
+    return hashlib.sha3_256(canonical_json(config.model_dump(mode="json"))).hexdigest()
 
 
 def security_settings(config: FederationConfig) -> dict[str, Any]:

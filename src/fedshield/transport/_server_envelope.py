@@ -111,30 +111,28 @@ class EnvelopeGuard:
     def __post_init__(self) -> None:
         if self.nonce_cache is None:
             self.nonce_cache = NonceCache(window_s=self.window_s)
-        self._signers: dict[bytes, tuple[str, Ed25519PublicKey]] = {}
-        self._roles: dict[bytes, str] = {}
+        # Per certificate: its name, signing key and role (parsed once).
+        self._signers: dict[bytes, tuple[str, Ed25519PublicKey, str]] = {}
 
     def signer_of(self, der: bytes) -> tuple[str, Ed25519PublicKey]:
         """Return the name and signing key the (TLS-verified) certificate ``der`` binds."""
         known = self._signers.get(der)
         if known is not None:
-            return known
+            return known[0], known[1]
         try:
             cert = x509.load_der_x509_certificate(der)
             # Any well-formed role: whether the role exists is the access policy's call,
             # made by the endpoint (custom roles come from [access] policy).
             identity = identity_of(cert, roles=None)
-            found = identity.name, signing_key_of(cert)
+            key = signing_key_of(cert)
         except (ValueError, IdentityError) as exc:
             raise EnvelopeRejected(
                 403, "no_signing_key", "the client certificate binds no signing key"
             ) from exc
         if len(self._signers) >= _MAX_CERTS:
             self._signers.clear()
-            self._roles.clear()
-        self._signers[der] = found
-        self._roles[der] = identity.role
-        return found
+        self._signers[der] = (identity.name, key, identity.role)
+        return identity.name, key
 
     def check(self, scope: Scope, header: str | None) -> tuple[str, RequestEnvelope]:
         """Verify the envelope of the request ``scope``; return the signer and envelope.
@@ -171,7 +169,7 @@ class EnvelopeGuard:
         # Only a participant may post to a round (the endpoint's access check refuses
         # every other role with 403 and audits it): asking others about the open round
         # first would answer them 409 instead and tell them the round state.
-        if path_round and method == "POST" and self._roles.get(der) == "participant":
+        if path_round and method == "POST" and self._signers[der][2] == "participant":
             current = self.open_round()
             if current != path_round:
                 now = f"round {current} is open" if current else "no round is open"
