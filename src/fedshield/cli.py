@@ -1416,9 +1416,21 @@ def audit_verify(
             "truncated tail). Repeatable.",
         ),
     ] = None,
+    all_signatures: Annotated[
+        bool,
+        typer.Option(
+            "--all-signatures",
+            help="Also check one by one the entry signatures a verified tree head already "
+            "vouches for (same verdict; one Ed25519 verification per entry).",
+        ),
+    ] = False,
     json_path: JsonOpt = None,
 ) -> None:
-    """Check the audit chain, every signature and tree head; name the first bad entry."""
+    """Check the audit chain, every signature and tree head; name the first bad entry.
+
+    An entry signature covered by a verified tree head (which signs the digest of every
+    signature under it) is checked through that head; the others one by one.
+    """
     from fedshield.audit import verify_receipt
     from fedshield.errors import AuditError
     from fedshield.storage.audit import AuditLog
@@ -1438,12 +1450,13 @@ def audit_verify(
         heads.append(kept.head)
     db = _database(workdir)
     try:
-        report = AuditLog(db).verify(key, external_heads=heads)
+        report = AuditLog(db).verify(key, external_heads=heads, all_signatures=all_signatures)
     finally:
         db.close()
     summary = {
         "audit_verified": True,
         "entries": report.entries,
+        "signatures_checked_one_by_one": report.signatures_checked,
         "tree_heads": report.tree_heads,
         "receipts": report.external_heads,
         "root": report.root,

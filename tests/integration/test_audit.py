@@ -28,6 +28,7 @@ from fedshield.audit import (
     public_key_bytes,
     sign_entry,
     sign_tree_head,
+    signatures_digest,
     verify_receipt,
 )
 from fedshield.audit.merkle import merkle_root
@@ -292,7 +293,7 @@ def test_a_chain_rewritten_without_the_coordinator_key_fails_signatures(
         "FROM audit_chain c JOIN events e ON e.id = c.event_id ORDER BY c.seq"
     ).fetchall()
     prev = anchor_hash(federation=federation, public_key=public_key_bytes(forger.public_key()))
-    hashes = []
+    hashes, signatures = [], []
     for seq, time, actor, action, resource, outcome, details in rows:
         when = datetime.fromisoformat(time).replace(tzinfo=UTC)
         # The forger rewrites history: the insecure start now looks fine.
@@ -310,14 +311,21 @@ def test_a_chain_rewritten_without_the_coordinator_key_fails_signatures(
             (outcome, seq),
         )
         hashes.append(digest)
+        signatures.append(signature)
         prev = digest
     sql.execute("UPDATE audit_log SET public_key = ?",
                 (public_key_bytes(forger.public_key()).hex(),))  # fmt: skip
     for head_id, round_, size in sql.execute("SELECT id, round, size FROM audit_tree_heads"):
+        digest = signatures_digest()
+        for signature in signatures[:size]:
+            digest.update(signature)
         head = sign_tree_head(forger, federation=federation, round=round_, size=size,
-                              root=merkle_root(hashes[:size]))  # fmt: skip
+                              root=merkle_root(hashes[:size]),
+                              signatures=digest.digest())  # fmt: skip
         sql.execute("UPDATE audit_tree_heads SET root = ?, signature = ? WHERE id = ?",
                     (head.root.hex(), head.signature.hex(), head_id))  # fmt: skip
+        sql.execute("UPDATE audit_tree_head_signatures SET digest = ? WHERE head_id = ?",
+                    (digest.hexdigest(), head_id))  # fmt: skip
     code, text = verify(capsys, workdir)
     assert_names(code, text, 1, "signature")
     # Trusting the forger's key instead (what the database now claims) it would pass:
@@ -345,7 +353,8 @@ def test_a_receipt_verifies_and_a_forged_one_is_refused(
     assert code == 0 and "1 receipts" in text
     forger = ed25519.Ed25519PrivateKey.generate()
     forged = sign_tree_head(forger, federation=receipt.head.federation, round=1,
-                            size=receipt.head.size, root=receipt.head.root)  # fmt: skip
+                            size=receipt.head.size, root=receipt.head.root,
+                            signatures=bytes(32))  # fmt: skip
     path.write_text(json.dumps({**data, "tree_head": forged.to_json()}))
     code, text = verify(capsys, workdir, "--receipt", str(path))
     assert code == AUDIT_EXIT and "does not verify" in text

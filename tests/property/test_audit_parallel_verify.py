@@ -1,9 +1,11 @@
-"""Parallel verification names the same first bad entry, with the same check, as serial.
+"""Every way of verifying names the same first bad entry, with the same check.
 
 One real log (SQLite, 40 signed entries, tree heads after 10, 20 and 30) is tampered
 with in random ways, one to three at a time, directly in SQLite; each tampered copy is
-verified inline (``workers=0``) and with signatures checked by worker processes in
-chunks of 3 (``workers=2``), and the two verdicts must agree exactly.
+verified four ways, and the verdicts must agree exactly: every signature checked one by
+one inline (``workers=0, all_signatures=True``: the reference), the same with worker
+processes in chunks of 3 (``workers=2``), and both again with the signatures the tree
+heads vouch for left to the heads (the default).
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ def tampers() -> st.SearchStrategy[tuple[str, int]]:
             "delete_link",
             "swap",
             "truncate",
+            "time",
+            "head_digest",
+            "drop_head_digest",
         ]
     )
     return st.tuples(kinds, st.integers(1, ENTRIES - 1))
@@ -102,6 +107,24 @@ def apply(sql: sqlite3.Connection, kind: str, seq: int) -> None:
         sql.execute("UPDATE audit_chain SET event_id = -1 WHERE seq = ?", (seq,))
         sql.execute("UPDATE audit_chain SET event_id = ? WHERE seq = ?", (event, seq + 1))
         sql.execute("UPDATE audit_chain SET event_id = ? WHERE seq = ?", (other, seq))
+    elif kind == "time":
+        sql.execute("UPDATE events SET time = '2025-01-01 00:00:07.000001' WHERE id = ?", (event,))
+    elif kind in ("head_digest", "drop_head_digest"):
+        # The head whose size is the first multiple of 10 at or after seq (if any).
+        row = sql.execute(
+            "SELECT h.id, s.digest FROM audit_tree_heads h JOIN audit_tree_head_signatures s "
+            "ON s.head_id = h.id WHERE h.size >= ? ORDER BY h.size LIMIT 1",
+            (seq,),
+        ).fetchone()
+        if row is None:
+            return
+        if kind == "head_digest":
+            sql.execute(
+                "UPDATE audit_tree_head_signatures SET digest = ? WHERE head_id = ?",
+                (_flip(row[1]), row[0]),
+            )
+        else:
+            sql.execute("DELETE FROM audit_tree_head_signatures WHERE head_id = ?", (row[0],))
     elif kind == "truncate":
         sql.execute(
             "DELETE FROM events WHERE id IN (SELECT event_id FROM audit_chain WHERE seq >= ?)",
@@ -110,10 +133,12 @@ def apply(sql: sqlite3.Connection, kind: str, seq: int) -> None:
         sql.execute("DELETE FROM audit_chain WHERE seq >= ?", (seq,))
 
 
-def verdict(db: Database, workdir: Path, workers: int) -> tuple[int | None, str | None]:
+def verdict(
+    db: Database, workdir: Path, workers: int, *, all_signatures: bool
+) -> tuple[int | None, str | None]:
     key = read_public_key(workdir / "audit.pub")
     try:
-        AuditLog(db).verify(key, workers=workers, chunk=3)
+        AuditLog(db).verify(key, workers=workers, chunk=3, all_signatures=all_signatures)
     except AuditError as exc:
         return exc.seq, exc.check
     return None, None
@@ -123,7 +148,7 @@ def verdict(db: Database, workdir: Path, workers: int) -> tuple[int | None, str 
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(changes=st.lists(tampers(), min_size=0, max_size=3))
-def test_parallel_and_serial_verify_name_the_same_entry(
+def test_every_way_of_verifying_names_the_same_entry(
     pristine: Path, tmp_path_factory: pytest.TempPathFactory, changes: list[tuple[str, int]]
 ) -> None:
     workdir = tmp_path_factory.mktemp("copy") / "w"
@@ -136,11 +161,15 @@ def test_parallel_and_serial_verify_name_the_same_entry(
         sql.close()
     db = Database.for_workdir(workdir)
     try:
-        serial = verdict(db, workdir, workers=0)
-        parallel = verdict(db, workdir, workers=2)
+        serial = verdict(db, workdir, workers=0, all_signatures=True)
+        parallel = verdict(db, workdir, workers=2, all_signatures=True)
+        vouched = verdict(db, workdir, workers=0, all_signatures=False)
+        vouched_parallel = verdict(db, workdir, workers=2, all_signatures=False)
     finally:
         db.close()
     assert parallel == serial
+    assert vouched == serial
+    assert vouched_parallel == serial
     if not changes:
         assert serial == (None, None)
 

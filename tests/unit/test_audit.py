@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,9 +27,11 @@ from fedshield.audit import (
     receipt_for,
     sign_entry,
     sign_tree_head,
+    signatures_digest,
     verify_log,
     verify_receipt,
 )
+from fedshield.audit.receipt import signing_bytes
 from fedshield.errors import AuditError, IdentityError
 from fedshield.storage import Database, EventLog
 from fedshield.storage.audit import AuditLog, read_public_key
@@ -74,6 +77,7 @@ def test_public_surface() -> None:
         "receipt_for",
         "sign_entry",
         "sign_tree_head",
+        "signatures_digest",
         "verify_entry_signature",
         "verify_inclusion",
         "verify_log",
@@ -114,6 +118,21 @@ def test_anchor_and_chain_hash_known_answers() -> None:
     digest = chain_hash(anchor, kat_entry())
     assert digest == sha3(b"fedshield/audit/v1/chain", anchor, kat_entry().canonical())
     assert digest.hex() == "0ef1a9c2105a1784d836ab95a803ddc29a6820aa61e630fc7a145dece6140f95"
+
+
+def test_tree_head_signing_bytes_known_answers() -> None:
+    root, sigs = bytes([7]) * 32, bytes([9]) * 32
+    common = b"\x00\x00\x00\x04demo" + (3).to_bytes(8, "big") + (10).to_bytes(8, "big") + root
+    assert signing_bytes(federation="demo", round=3, size=10, root=root) == (
+        b"fedshield/audit/v1/tree-head" + common
+    )
+    assert signing_bytes(federation="demo", round=3, size=10, root=root, signatures=sigs) == (
+        b"fedshield/audit/v2/tree-head" + common + sigs
+    )
+    digest = signatures_digest()
+    digest.update(bytes(64))
+    digest.update(bytes([1]) * 64)
+    assert digest.digest() == sha3(b"fedshield/audit/v2/signatures", bytes(64), bytes([1]) * 64)
 
 
 def test_merkle_known_answers() -> None:
@@ -157,16 +176,66 @@ def make_log(n: int, key: ed25519.Ed25519PrivateKey = KEY) -> list[ChainRecord]:
     return out
 
 
+def head_of(
+    log: list[ChainRecord], size: int, round: int = 1, key: ed25519.Ed25519PrivateKey = KEY
+) -> TreeHead:
+    """The version-2 head of the first ``size`` entries of ``log``."""
+    digest = signatures_digest()
+    for record in log[:size]:
+        digest.update(record.signature)
+    root = merkle_root([r.entry_hash for r in log[:size]])
+    return sign_tree_head(
+        key, federation="demo", round=round, size=size, root=root, signatures=digest.digest()
+    )
+
+
+def v1_head_of(log: list[ChainRecord], size: int, round: int = 1) -> TreeHead:
+    """A version-1 head (no signatures digest), as logs written before it carry."""
+    root = merkle_root([r.entry_hash for r in log[:size]])
+    message = signing_bytes(federation="demo", round=round, size=size, root=root)
+    return TreeHead("demo", round, size, root, KEY.sign(message))
+
+
 def test_verify_log_accepts_an_honest_log_and_its_heads() -> None:
     log = make_log(5)
     hashes = [r.entry_hash for r in log]
-    heads = [
-        sign_tree_head(KEY, federation="demo", round=r, size=s, root=merkle_root(hashes[:s]))
-        for r, s in ((1, 2), (2, 5))
-    ]
+    heads = [head_of(log, s, r) for r, s in ((1, 2), (2, 5))]
     report = verify_log(log, federation="demo", public_key=KEY.public_key(), heads=heads)
     assert (report.entries, report.tree_heads) == (5, 2)
     assert report.root == merkle_root(hashes).hex()
+
+
+def test_a_version_2_head_vouches_for_the_signatures_it_covers() -> None:
+    log = make_log(7)
+    public = KEY.public_key()
+    # Heads at 2 and 5: only entries 6 and 7 need their own signature checked.
+    heads = [head_of(log, 2, 1), head_of(log, 5, 2)]
+    assert (
+        verify_log(log, federation="demo", public_key=public, heads=heads).signatures_checked == 2
+    )
+    everything = verify_log(log, federation="demo", public_key=public, heads=heads,
+                            all_signatures=True)  # fmt: skip
+    assert everything.signatures_checked == 7
+    # A version-1 head vouches only for hashes: every signature is checked.
+    old = [v1_head_of(log, 5)]
+    assert verify_log(log, federation="demo", public_key=public, heads=old).signatures_checked == 7
+    assert verify_log(log, federation="demo", public_key=public).signatures_checked == 7
+    # Stripping a head's digest (to make it version 1) breaks its signature.
+    stripped = dataclasses.replace(heads[1], signatures=None)
+    with pytest.raises(AuditError) as err:
+        verify_log(log, federation="demo", public_key=public, heads=[stripped])
+    assert (err.value.seq, err.value.check) == (5, "tree head")
+
+
+@pytest.mark.parametrize("all_signatures", [False, True])
+def test_a_damaged_signature_under_a_head_is_named(all_signatures: bool) -> None:
+    log = make_log(6)
+    heads = [head_of(log, 6)]
+    bad = [*log[:2], dataclasses.replace(log[2], signature=bytes(64)), *log[3:]]
+    with pytest.raises(AuditError) as err:
+        verify_log(bad, federation="demo", public_key=KEY.public_key(), heads=heads,
+                   all_signatures=all_signatures)  # fmt: skip
+    assert (err.value.seq, err.value.check) == (3, "signature")
 
 
 def test_verify_log_names_the_first_bad_entry() -> None:
@@ -193,9 +262,7 @@ def test_a_chain_rewritten_with_another_key_fails_on_signatures() -> None:
 
 def test_truncation_is_caught_only_against_a_larger_head() -> None:
     log = make_log(6)
-    head = sign_tree_head(
-        KEY, federation="demo", round=3, size=6, root=merkle_root([r.entry_hash for r in log])
-    )
+    head = head_of(log, 6, round=3)
     # The shorter log alone verifies: nothing in it says it was longer.
     assert verify_log(log[:4], federation="demo", public_key=KEY.public_key()).entries == 4
     with pytest.raises(AuditError) as err:
@@ -208,7 +275,7 @@ def test_truncation_is_caught_only_against_a_larger_head() -> None:
 
 def receipt_of(index: int, log: list[ChainRecord]) -> Receipt:
     hashes = [r.entry_hash for r in log]
-    head = sign_tree_head(KEY, federation="demo", round=1, size=len(log), root=merkle_root(hashes))
+    head = head_of(log, len(log))
     prev = (
         anchor_hash(federation="demo", public_key=public_key_bytes(KEY.public_key()))
         if index == 0
@@ -237,8 +304,8 @@ def test_receipt_verifies_offline_and_round_trips_json(index: int) -> None:
 def test_receipt_fails_against_a_forged_head_or_another_key() -> None:
     receipt = receipt_of(2, make_log(7))
     forger = ed25519.Ed25519PrivateKey.generate()
-    forged_head = sign_tree_head(
-        forger, federation="demo", round=1, size=receipt.head.size, root=receipt.head.root
+    forged_head = dataclasses.replace(
+        receipt.head, signature=forger.sign(receipt.head.signing_bytes())
     )
     with pytest.raises(AuditError):
         verify_receipt(Receipt(**{**receipt.__dict__, "head": forged_head}), KEY.public_key())

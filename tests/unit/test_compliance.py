@@ -57,7 +57,9 @@ def snapshot(**changes: Any) -> Snapshot:
         participants=(),
         privacy=None,
         privacy_error="no ledger",
-        audit=VerifyReport(entries=3, tree_heads=1, external_heads=0, root="ab" * 32),
+        audit=VerifyReport(
+            entries=3, signatures_checked=0, tree_heads=1, external_heads=0, root="ab" * 32
+        ),
         audit_error=None,
         certificates=(),
         certificates_source=None,

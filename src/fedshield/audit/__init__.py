@@ -36,6 +36,7 @@ from fedshield.audit.receipt import (
     TreeHead,
     receipt_for,
     sign_tree_head,
+    signatures_digest,
     verify_receipt,
     verify_tree_head,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "receipt_for",
     "sign_entry",
     "sign_tree_head",
+    "signatures_digest",
     "verify_entry_signature",
     "verify_inclusion",
     "verify_log",

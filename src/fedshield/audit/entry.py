@@ -63,6 +63,7 @@ __all__ = [
     "anchor_hash",
     "canonical_json",
     "chain_hash",
+    "chain_hash_encoded",
     "check_metadata",
     "entry_signing_bytes",
     "public_key_bytes",
@@ -230,9 +231,14 @@ def anchor_hash(*, federation: str, public_key: bytes) -> bytes:
 
 def chain_hash(prev_hash: bytes, entry: Entry) -> bytes:
     """Return ``entry``'s hash: SHA3-256 over the label, ``prev_hash`` and the entry."""
+    return chain_hash_encoded(prev_hash, entry.canonical())
+
+
+def chain_hash_encoded(prev_hash: bytes, encoding: bytes) -> bytes:
+    """Return the hash of the entry whose canonical encoding is ``encoding``."""
     if len(prev_hash) != 32:
         raise ValueError(f"prev_hash must be 32 bytes, got {len(prev_hash)}")
-    return _sha3(CHAIN_LABEL, prev_hash, entry.canonical())
+    return _sha3(CHAIN_LABEL, prev_hash, encoding)
 
 
 def entry_signing_bytes(*, federation: str, seq: int, entry_hash: bytes) -> bytes:

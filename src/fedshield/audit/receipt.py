@@ -1,10 +1,20 @@
 """Signed tree heads and participants' receipts, verifiable offline.
 
 After each committed round the coordinator signs a *tree head*: the size and Merkle
-root (:mod:`fedshield.audit.merkle`) of the whole log so far, over::
+root (:mod:`fedshield.audit.merkle`) of the whole log so far, and the digest of every
+entry signature in it, over::
 
-    b"fedshield/audit/v1/tree-head" || lp(federation) || round (8 bytes) || size (8 bytes)
-        || root
+    b"fedshield/audit/v2/tree-head" || lp(federation) || round (8 bytes) || size (8 bytes)
+        || root || signatures
+
+    signatures = SHA3-256(b"fedshield/audit/v2/signatures" || sig_1 || ... || sig_size)
+
+The signatures digest makes a head vouch for the entry signatures too, not only for the
+entry hashes: a verifier that checked a head against the stored log (root and
+signatures digest) knows every entry it covers is exactly what the coordinator signed,
+without checking each entry's signature (:mod:`fedshield.audit.verify`). Heads written
+before it existed (``v1``, no digest, ``signatures`` is ``None``) are still verified;
+they vouch only for the entry hashes.
 
 A participant's *receipt* is the entry that records its contribution to a round, that
 entry's hash inputs (the previous hash) and signature, its inclusion proof, and the
@@ -22,6 +32,7 @@ tree heads between participants (gossip) would, and is not built.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -46,12 +57,23 @@ __all__ = [
     "TreeHead",
     "receipt_for",
     "sign_tree_head",
+    "signatures_digest",
     "verify_receipt",
     "verify_tree_head",
 ]
 
 TREE_HEAD_LABEL: Final = b"fedshield/audit/v1/tree-head"
+TREE_HEAD_V2_LABEL: Final = b"fedshield/audit/v2/tree-head"
+SIGNATURES_LABEL: Final = b"fedshield/audit/v2/signatures"
 RECEIPT_VERSION: Final = 1
+
+
+def signatures_digest() -> hashlib._Hash:
+    """Return a fresh running digest of entry signatures: ``update`` it with each, in order.
+
+    ``digest()`` after entries ``1..n`` is the ``signatures`` field of a head of size ``n``.
+    """
+    return hashlib.sha3_256(SIGNATURES_LABEL)
 
 
 def _hex32(value: object, name: str) -> bytes:
@@ -77,6 +99,9 @@ class TreeHead:
         The Merkle tree hash of their entry hashes (32 bytes).
     signature
         The coordinator audit key's Ed25519 signature (64 bytes).
+    signatures
+        The digest of the signatures of entries ``1..size`` (32 bytes), or ``None`` for a
+        version-1 head, signed before heads carried it.
     """
 
     federation: str
@@ -84,22 +109,30 @@ class TreeHead:
     size: int
     root: bytes
     signature: bytes
+    signatures: bytes | None = None
 
     def signing_bytes(self) -> bytes:
         """Return the bytes the signature covers."""
         return signing_bytes(
-            federation=self.federation, round=self.round, size=self.size, root=self.root
+            federation=self.federation,
+            round=self.round,
+            size=self.size,
+            root=self.root,
+            signatures=self.signatures,
         )
 
     def to_json(self) -> dict[str, Any]:
         """Return the head as JSON data (hashes and signature in hex)."""
-        return {
+        data: dict[str, Any] = {
             "federation": self.federation,
             "round": self.round,
             "size": self.size,
             "root": self.root.hex(),
             "signature": self.signature.hex(),
         }
+        if self.signatures is not None:
+            data["signatures"] = self.signatures.hex()
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TreeHead:
@@ -117,32 +150,47 @@ class TreeHead:
                 size=int(data["size"]),
                 root=_hex32(data["root"], "root"),
                 signature=bytes.fromhex(str(data["signature"])),
+                signatures=(
+                    _hex32(data["signatures"], "signatures") if "signatures" in data else None
+                ),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a tree head: {exc!r}") from exc
 
 
-def signing_bytes(*, federation: str, round: int, size: int, root: bytes) -> bytes:
-    """Return the bytes a tree head's signature covers."""
+def signing_bytes(
+    *, federation: str, round: int, size: int, root: bytes, signatures: bytes | None = None
+) -> bytes:
+    """Return the bytes a tree head's signature covers (version 1 if no ``signatures``)."""
     if round < 0 or size < 0:
         raise ValueError(f"round and size must be >= 0, got {round} and {size}")
-    return (
-        TREE_HEAD_LABEL
-        + _lp(federation)
-        + round.to_bytes(8, "big")
-        + size.to_bytes(8, "big")
-        + root
-    )
+    body = _lp(federation) + round.to_bytes(8, "big") + size.to_bytes(8, "big") + root
+    if signatures is None:
+        return TREE_HEAD_LABEL + body
+    return TREE_HEAD_V2_LABEL + body + signatures
 
 
 def sign_tree_head(
-    key: ed25519.Ed25519PrivateKey, *, federation: str, round: int, size: int, root: bytes
+    key: ed25519.Ed25519PrivateKey,
+    *,
+    federation: str,
+    round: int,
+    size: int,
+    root: bytes,
+    signatures: bytes,
 ) -> TreeHead:
-    """Return the signed tree head of a log of ``size`` entries with Merkle ``root``."""
-    if len(root) != 32:
-        raise ValueError(f"root must be 32 bytes, got {len(root)}")
-    message = signing_bytes(federation=federation, round=round, size=size, root=root)
-    return TreeHead(federation, round, size, root, key.sign(message))
+    """Return the signed tree head of a log of ``size`` entries with Merkle ``root``.
+
+    ``signatures`` is the digest of their entry signatures (:func:`signatures_digest`).
+    """
+    if len(root) != 32 or len(signatures) != 32:
+        raise ValueError(
+            f"root and signatures must be 32 bytes, got {len(root)} and {len(signatures)}"
+        )
+    message = signing_bytes(
+        federation=federation, round=round, size=size, root=root, signatures=signatures
+    )
+    return TreeHead(federation, round, size, root, key.sign(message), signatures)
 
 
 def verify_tree_head(head: TreeHead, public_key: ed25519.Ed25519PublicKey) -> None:

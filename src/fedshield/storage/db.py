@@ -64,6 +64,7 @@ __all__ = [
     "RevocationRow",
     "RoundRow",
     "TreeHeadRow",
+    "TreeHeadSignaturesRow",
     "UTCDateTime",
     "check_metrics",
     "check_utc",
@@ -307,6 +308,22 @@ class TreeHeadRow(Base):
     root: Mapped[str] = mapped_column(String(64))
     signature: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class TreeHeadSignaturesRow(Base):
+    """The signatures digest a version-2 tree head signs (see :mod:`fedshield.audit.receipt`).
+
+    A companion of ``audit_tree_heads`` rather than a new column, so that databases
+    created before it gain the table from ``create_all`` without a migration; their
+    older heads have no row here and stay version 1.
+    """
+
+    __tablename__ = "audit_tree_head_signatures"
+
+    head_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("audit_tree_heads.id"), primary_key=True, autoincrement=False
+    )
+    digest: Mapped[str] = mapped_column(String(64))
 
 
 class PrivacyEventRow(Base):
