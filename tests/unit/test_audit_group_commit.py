@@ -151,7 +151,9 @@ def test_appenders_that_wait_share_one_commit(db: Database, workdir: Path) -> No
     for w in workers:
         w.join()
     assert len(done) == 20
-    assert group_commit(db).batches <= 3  # the lock holder's wait was shared
+    # The lock holder's wait was shared: besides the first event, one batch waited on
+    # the lock, one was prepared behind it, and every other arrival queued into one.
+    assert group_commit(db).batches <= 4
     assert verifies(db, workdir) == 21
 
 
@@ -289,3 +291,31 @@ def test_every_acknowledged_event_survives_a_killed_process(workdir: Path) -> No
     links = chain(workdir)
     assert entries == len(links)
     assert set(acked) <= {e for _, e, _, _ in links}  # acknowledged means committed
+
+
+def test_links_prepared_on_a_head_another_writer_moved_are_recomputed(
+    db: Database, workdir: Path
+) -> None:
+    """A batch is signed ahead of its transaction; if the log moved meanwhile, it is redone."""
+    from fedshield.storage.audit import chain_events
+    from fedshield.storage.db import EventRow
+
+    log = EventLog(db)
+    record(log, "first", 0)
+    committer = group_commit(db)
+    assert committer.reprepared == 1  # the very first batch has no known head to build on
+    record(log, "second", 1)  # prepared on the head the first batch left: used as is
+    assert committer.reprepared == 1
+    # Another writer (as the model registry does) appends in its own transaction.
+    with db.transaction(write=True) as session:
+        row = EventRow(
+            time=T0, actor="registry", action="model.commit", resource="model/1",
+            outcome="ok", details={"i": 99, "version": 1},
+        )  # fmt: skip
+        session.add(row)
+        session.flush()
+        chain_events(session, db, [row])
+    record(log, "third", 2)  # prepared on the stale head: recomputed under the lock
+    assert committer.reprepared == 2
+    assert [actor for _, _, actor, _ in chain(workdir)] == ["first", "second", "registry", "third"]
+    assert verifies(db, workdir) == 4

@@ -67,7 +67,8 @@ from sqlalchemy.orm import Session
 from fedshield.audit.entry import (
     Entry,
     anchor_hash,
-    chain_hash,
+    canonical_time,
+    chain_hash_encoded,
     check_metadata,
     public_key_bytes,
     sign_entry,
@@ -95,7 +96,10 @@ __all__ = [
     "AuditLog",
     "StoredEntry",
     "audit_key",
+    "PreparedLinks",
+    "audit_federation",
     "chain_events",
+    "prepare_links",
     "parse_public_key",
     "read_public_key",
     "sign_tree_head",
@@ -191,6 +195,10 @@ _READ_LAST_LINK: Final = (
     select(AuditChainRow.seq, AuditChainRow.entry_hash).order_by(AuditChainRow.seq.desc()).limit(1)
 )
 _INSERT_LINKS: Final = insert(AuditChainRow)
+# The canonical encoding of entries (fedshield.audit.entry.canonical_json's settings).
+_CANONICAL: Final = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+)
 
 
 def _header(
@@ -245,13 +253,61 @@ def _header(
     return str(federation), []
 
 
+@dataclass(frozen=True)
+class PreparedLinks:
+    """Chain links computed ahead of the transaction that stores them.
+
+    Attributes
+    ----------
+    base_seq, base_hash
+        The last entry they were chained after (``0`` and the anchor for an empty log).
+        They are valid only if that is still the log's last entry when they are stored.
+    hashes, signatures
+        One per event, in order.
+    """
+
+    base_seq: int
+    base_hash: bytes
+    hashes: tuple[bytes, ...]
+    signatures: tuple[bytes, ...]
+
+    @property
+    def head(self) -> tuple[int, bytes]:
+        """The last ``(seq, hash)`` once they are stored: the base of the next links."""
+        return self.base_seq + len(self.hashes), self.hashes[-1] if self.hashes else self.base_hash
+
+
+def prepare_links(
+    key: ed25519.Ed25519PrivateKey,
+    federation: str,
+    base: tuple[int, bytes],
+    rows: Sequence[NewEvent],
+) -> PreparedLinks:
+    """Chain and sign ``rows`` after the entry ``base`` (``(seq, hash)``): CPU only, no I/O.
+
+    The group committer calls it for the next batch while the previous one is being
+    committed; :func:`chain_events` stores the result only if ``base`` is still the last
+    entry, and recomputes it otherwise.
+    """
+    seq, prev = base
+    hashes: list[bytes] = []
+    signatures: list[bytes] = []
+    for row in rows:
+        seq += 1
+        prev = chain_hash_encoded(prev, _event_encoding(seq, row))
+        hashes.append(prev)
+        signatures.append(sign_entry(key, federation=federation, seq=seq, entry_hash=prev))
+    return PreparedLinks(base[0], base[1], tuple(hashes), tuple(signatures))
+
+
 def chain_events(
     session: Session | Connection,
     db: Database,
     rows: Sequence[NewEvent],
     *,
     checked: bool = False,
-) -> None:
+    prepared: PreparedLinks | None = None,
+) -> PreparedLinks | None:
     """Chain and sign ``rows`` (event rows already inserted) inside the caller's transaction.
 
     Call it in a write transaction (``db.transaction(write=True)``) right after the rows
@@ -272,6 +328,15 @@ def chain_events(
         True if every row's metadata already passed
         :func:`~fedshield.audit.entry.check_metadata` (the group committer checks each
         event in its caller's thread, before it is queued).
+    prepared
+        Links :func:`prepare_links` computed for ``rows`` beforehand. Used only if their
+        base is the chain head read here (and no legacy rows are adopted); otherwise
+        the links are computed again.
+
+    Returns
+    -------
+    PreparedLinks or None
+        The links stored (``None`` if ``rows`` is empty).
 
     Raises
     ------
@@ -281,7 +346,7 @@ def chain_events(
         If the log belongs to another key or federation, or its header is gone.
     """
     if not rows:
-        return
+        return None
     if not checked:
         for row in rows:
             check_metadata(row.details)
@@ -290,26 +355,61 @@ def chain_events(
     federation, legacy = _header(conn, db, key, rows)
     last = conn.execute(_READ_LAST_LINK).first()
     if last is None:
-        seq = 0
-        prev = anchor_hash(federation=federation, public_key=public_key_bytes(key.public_key()))
+        base = 0, anchor_hash(federation=federation, public_key=public_key_bytes(key.public_key()))
     else:
-        seq, prev = last[0], bytes.fromhex(last[1])
-    links: list[dict[str, Any]] = []
-    for row in [*legacy, *rows]:
-        seq += 1
-        entry = _entry(seq, row)
-        entry_hash = chain_hash(prev, entry)
-        signature = sign_entry(key, federation=federation, seq=seq, entry_hash=entry_hash)
-        links.append(
+        base = last[0], bytes.fromhex(last[1])
+    chained = [*legacy, *rows]
+    if legacy or prepared is None or (prepared.base_seq, prepared.base_hash) != base:
+        prepared = prepare_links(key, federation, base, chained)
+    conn.execute(
+        _INSERT_LINKS,
+        [
             {
-                "seq": seq,
+                "seq": base[0] + i,
                 "event_id": row.id,
-                "entry_hash": entry_hash.hex(),
+                "entry_hash": digest.hex(),
                 "signature": signature.hex(),
             }
-        )
-        prev = entry_hash
-    conn.execute(_INSERT_LINKS, links)
+            for i, (row, digest, signature) in enumerate(
+                zip(chained, prepared.hashes, prepared.signatures, strict=True), start=1
+            )
+        ],
+    )
+    return prepared
+
+
+def audit_federation(db: Database) -> str | None:
+    """Return the federation in the log's header, or ``None`` before the first entry.
+
+    Cached once read: the header never changes. For preparing links outside a
+    transaction (:func:`prepare_links`); the header is checked again when they are
+    stored.
+    """
+    cached = db.audit_cache.get("federation")
+    if isinstance(cached, str):
+        return cached
+    with db.transaction() as session:
+        header = session.execute(_READ_HEADER).first()
+    if header is None:
+        return None
+    db.audit_cache["federation"] = str(header[0])
+    return str(header[0])
+
+
+def _event_encoding(seq: int, row: NewEvent) -> bytes:
+    """Return ``_entry(seq, row).canonical()``, without building the entry (hot path)."""
+    text = _CANONICAL.encode(
+        {
+            "action": row.action,
+            "actor": row.actor,
+            "metadata": row.details,
+            "outcome": row.outcome,
+            "resource": row.resource,
+            "seq": seq,
+            "time": canonical_time(row.time),
+        }
+    )
+    return text.encode("ascii")
 
 
 def _entry(seq: int, row: NewEvent) -> Entry:
@@ -465,9 +565,6 @@ def _raw_entry(seq: int, values: Sequence[Any]) -> Entry | None:
 
 
 _STORED_TIME: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}")
-_CANONICAL: Final = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-)
 
 
 def _stored_encoding(seq: int, values: Sequence[Any]) -> bytes | None:
