@@ -197,10 +197,11 @@ def test_signed_zeros_come_out_as_before(n: int, dtype: type) -> None:
 
 
 def reference_sq_distances(x: Array, step: int) -> Array:
-    """The float64 distances from the whole matrix, centred at once, with the blocks'
-    Gram products summed per lane (block i in lane i % _LANES) and the lanes added."""
+    """The float64 distances from the whole matrix, centred at once on its
+    lexicographically smallest row, with the blocks' Gram products summed per lane
+    (block i in lane i % _LANES) and the lanes added."""
     n, d = x.shape
-    mu = (x.max(axis=0) + x.min(axis=0)) / 2
+    mu = x[min(range(n), key=lambda i: (tuple(x[i]), i))]
     lanes = [np.zeros((n, n)) for _ in range(_distances._LANES)]
     for i, start in enumerate(range(0, d, step)):
         block = x[:, start : start + step] - mu[start : start + step]
@@ -336,3 +337,28 @@ def test_a_bad_value_is_reported_before_a_bad_configuration(
     with pytest.raises((ConfigError, PayloadError)) as info:
         robust.aggregate(rule, np.nan_to_num(x), **kwargs)
     assert "updates row" not in str(info.value)
+
+
+def test_the_centre_row_is_chosen_by_value_across_comparison_blocks() -> None:
+    """Rows equal over more than one comparison block still order by their first
+    difference, and equal rows keep the first; any permutation picks the same values."""
+    rng = np.random.default_rng(3)
+    x = np.tile(rng.standard_normal(3000, dtype=np.float32), (5, 1))
+    x[0, 2500] += 1  # differs after two full blocks of 1024
+    x[2, 1500] -= 1  # the smallest: lower at 1500
+    x[3, 1500] -= 1
+    x[3, 2900] += 1  # equal to row 2 until 2900, then larger
+    assert _distances._smallest_row(x) == 2
+    for order in ([4, 3, 2, 1, 0], [2, 0, 1, 3, 4], [1, 3, 4, 0, 2]):
+        assert np.array_equal(x[order][_distances._smallest_row(x[order])], x[2])
+    assert _distances._smallest_row(np.zeros((3, 5), dtype=np.float32)) == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_bad_value_in_any_row_fails_the_distances(dtype: type, bad: float) -> None:
+    for row in range(4):  # row 0 is also where the centre row ends up for some of these
+        x = np.ones((4, 700), dtype=dtype) * np.arange(4, dtype=dtype)[:, None]
+        x[row, 350] = bad
+        with pytest.raises(PayloadError, match=f"updates row {row} has a NaN or infinite"):
+            _distances.pairwise_sq_distances(x)

@@ -50,6 +50,7 @@ __all__ = [
     "prepare",
     "prepare_unchecked",
     "uniform_only",
+    "values_error",
 ]
 
 MAX_ABS_VALUE = 2.0**128
@@ -152,8 +153,16 @@ def check_extremes(lo: Floats, hi: Floats, x: Floats) -> None:
     """
     top = float(np.maximum(hi.max(), -lo.min()))
     if not top <= MAX_ABS_VALUE:  # also False for NaN
-        error = _values_error(x, "updates")
-        raise error if error is not None else PayloadError("updates must be finite")
+        raise values_error(x)
+
+
+def values_error(x: Floats) -> PayloadError:
+    """Return the PayloadError of :func:`as_updates` for updates known to hold a bad value.
+
+    It names the first bad row of ``x``, as :func:`as_updates` does.
+    """
+    error = _values_error(x, "updates")
+    return error if error is not None else PayloadError("updates must be finite")
 
 
 def as_vector(value: Any, d: int, name: str) -> Vector:

@@ -4,14 +4,18 @@ Pairwise squared distances come from one Gram matrix, ``‖a‖² + ‖b‖² �
 at 0, in float64, never from a Python loop over the n² pairs. Two details make that
 safe:
 
-* the rows are centred on the coordinate-wise midrange ``(min + max) / 2`` before the
-  Gram product. Distances do not change, but the rounding error of the Gram formula is
-  ``~ eps * (‖a‖² + ‖b‖²)``, so centring bounds it by ``eps`` times the sum of the
-  squared coordinate ranges instead of the largest squared *norm*: updates that share a
-  large common offset (a model far from the origin) keep accurate distances. Unlike the
-  mean, the midrange does not depend on the order of the rows, not even in its last
-  bit. The centred product is accumulated over column blocks so the (n, d) input is
-  never copied whole;
+* the rows are centred on one of them, the lexicographically smallest (compared by
+  value, so the same row whatever the order of the input) before the Gram product.
+  Distances do not change, but the rounding error of the Gram formula is
+  ``~ eps * (‖a‖² + ‖b‖²)``, so centring bounds it by ``eps`` times (four times) the
+  sum of the squared coordinate ranges instead of the largest squared *norm*: updates
+  that share a large common offset (a model far from the origin) keep accurate
+  distances. Unlike the mean, the centre does not depend on the order of the rows, not
+  even in its last bit. Centring on a row costs nothing extra: a float32 block is
+  converted to float64 by the subtraction itself (one pass), where a centre computed
+  from the data (the midrange fedshield used before) needs its own pass over every
+  block first. The centred product is accumulated over column blocks so the (n, d)
+  input is never copied whole;
 * the matrix is made exactly symmetric with an exact zero diagonal, so two points that
   are each other's nearest neighbour get bit-identical Krum scores, and exact ties are
   then broken by :func:`rank` on the updates' values, not on their position in the
@@ -19,8 +23,11 @@ safe:
 
 The updates may be float32: :func:`pairwise_sq_distances` and :func:`weighted_sum`
 convert one column block at a time to float64, so they return exactly what they return
-for ``x.astype(np.float64)`` without that ``(n, d)`` copy, and the column extremes that
-give the midrange also check the values (:func:`~fedshield.robust._checks.check_extremes`).
+for ``x.astype(np.float64)`` without that ``(n, d)`` copy. The values are checked on
+the way: a NaN or infinity anywhere makes the Gram diagonal (each centred row's sum of
+squares) NaN or infinite, and float32 cannot exceed 2**128; float64 updates, which can,
+have their column extremes checked block by block
+(:func:`~fedshield.robust._checks.check_extremes`).
 
 Threads. The column blocks are dealt to :data:`_LANES` fixed lanes (block ``i`` to lane
 ``i % _LANES``). A lane of :func:`pairwise_sq_distances` accumulates its blocks' Gram
@@ -59,7 +66,7 @@ import numpy as np
 import numpy.typing as npt
 from threadpoolctl import ThreadpoolController
 
-from fedshield.robust._checks import Floats, check_extremes
+from fedshield.robust._checks import Floats, check_extremes, values_error
 
 __all__ = [
     "distances_to",
@@ -158,48 +165,45 @@ def _run_lanes(lane: Lane, blocks: int, *, blas: bool) -> None:
 def pairwise_sq_distances(x: Floats) -> Matrix:
     """Return the (n, n) matrix of squared L2 distances between the rows of ``x``.
 
-    Computed from the Gram matrix of the midrange-centred rows in float64: one BLAS
-    product per column block of ``2**18 // n`` columns (a single product when
-    ``n * d <= 2**18``), accumulated per lane and the lanes then added (see the module
-    docstring), clamped at 0, exactly symmetric, with a zero diagonal. A float32 ``x``
-    is converted block by block as it is centred, which gives the same float64 values
-    as converting it whole first.
+    Computed from the Gram matrix of the rows centred on the lexicographically smallest
+    row, in float64: one BLAS product per column block of ``2**18 // n`` columns (a
+    single product when ``n * d <= 2**18``), accumulated per lane and the lanes then
+    added (see the module docstring), clamped at 0, exactly symmetric, with a zero
+    diagonal. A float32 ``x`` is converted block by block by the centring subtraction,
+    which gives the same float64 values as converting it whole first.
 
     Raises
     ------
     PayloadError
-        If a value of ``x`` is NaN, infinite or > 2**128 in magnitude (found from each
-        block's column extremes, which the midrange needs anyway).
+        If a value of ``x`` is NaN, infinite or > 2**128 in magnitude (module
+        docstring: from the Gram diagonal, and for float64 from each block's extremes).
     """
     n, d = x.shape
     step = _step(n)
     starts = range(0, d, step)
     grams = [np.zeros((n, n)) for _ in range(_LANES)]
     width = min(step, d)
+    centre_row = x[_smallest_row(x)]
+    wide = x.dtype == np.float64  # can hold values above 2**128: checked per block
 
     def lane(k: int, stop: threading.Event) -> None:
         buffer = np.empty(n * width)
         hi = np.empty(width, dtype=x.dtype)
         lo = np.empty(width, dtype=x.dtype)
-        mu = np.empty(width)
         product = np.empty((n, n))
         for start in starts[k::_LANES]:
             if stop.is_set():
                 return
             part = x[:, start : start + step]
             cols = part.shape[1]
-            np.max(part, axis=0, out=hi[:cols])
-            np.min(part, axis=0, out=lo[:cols])
-            check_extremes(lo[:cols], hi[:cols], x)
-            centre = mu[:cols]
-            np.add(hi[:cols], lo[:cols], out=centre, dtype=np.float64)  # exact for float32
-            centre /= 2
+            if wide:
+                np.max(part, axis=0, out=hi[:cols])
+                np.min(part, axis=0, out=lo[:cols])
+                check_extremes(lo[:cols], hi[:cols], x)
             block = buffer[: part.size].reshape(part.shape)
-            if part.dtype == np.float64:
-                np.subtract(part, centre, out=block)
-            else:  # the same values; a plain cast then an in-place subtract is faster
-                block[...] = part
-                block -= centre
+            # float32 in, float64 out: converted and centred in one pass, exactly as
+            # converting first and subtracting in float64 would.
+            np.subtract(part, centre_row[start : start + step], out=block, dtype=np.float64)
             np.matmul(block, block.T, out=product)
             grams[k] += product
 
@@ -208,6 +212,8 @@ def pairwise_sq_distances(x: Floats) -> Matrix:
     for other in grams[1:]:
         gram += other
     sq = np.diagonal(gram)
+    if not np.isfinite(sq).all():  # a NaN or infinity somewhere in its row
+        raise values_error(x)
     dist = sq[:, None] + sq[None, :] - 2.0 * gram
     np.maximum(dist, 0.0, out=dist)
     upper = np.triu(dist, 1)
@@ -296,12 +302,30 @@ def krum_scores(sq_dist: Matrix, num_byzantine: int) -> Vector:
     return scores
 
 
+# Values compared at a time by _lex_compare: rows usually differ in their first values.
+_LEX_BLOCK = 1024
+
+
 def _lex_compare(a: Floats, b: Floats) -> int:
-    differ = a != b
-    first = int(np.argmax(differ))
-    if not differ[first]:
-        return 0
-    return -1 if a[first] < b[first] else 1
+    """Compare two rows lexicographically by value: -1, 0 or 1."""
+    for start in range(0, a.shape[0], _LEX_BLOCK):
+        differ = np.flatnonzero(a[start : start + _LEX_BLOCK] != b[start : start + _LEX_BLOCK])
+        if differ.size:
+            first = start + int(differ[0])
+            return -1 if a[first] < b[first] else 1
+    return 0
+
+
+def _smallest_row(x: Floats) -> int:
+    """Return the index of the lexicographically smallest row (the first of equal ones).
+
+    Chosen by value: permuting the rows moves the index but not the row's values.
+    """
+    best = 0
+    for i in range(1, x.shape[0]):
+        if _lex_compare(x[i], x[best]) < 0:
+            best = i
+    return best
 
 
 def rank(scores: Vector, x: Floats, members: Index) -> Index:
