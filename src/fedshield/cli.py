@@ -1123,7 +1123,9 @@ def participants_enroll(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Where to write the certificate [default: CSR dir/cert.pem]."),
+        typer.Option(
+            "--out", help="Where to write the certificate (default: cert.pem beside the CSR)."
+        ),
     ] = None,
     valid_days: Annotated[int, typer.Option(min=1, help="Certificate lifetime in days.")] = 825,
     config: Annotated[
