@@ -26,7 +26,7 @@ from fedshield.errors import ConfigError, FedshieldError
 
 __all__ = ["app", "main"]
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 # typer >= 0.23 vendors click; older typer uses click itself. Take the classes from
 # typer so that usage errors are caught whichever it is.
@@ -1016,10 +1016,10 @@ def _admin_call(
     kit: Path | None,
     coordinator_url: str | None,
     *,
-    local: Callable[[Any], T],
-    remote: Callable[[Any], T],
+    local: Callable[[Any], _T],
+    remote: Callable[[Any], _T],
     config: Any = None,
-) -> T:
+) -> _T:
     """Run one admin operation: over the admin API with ``--kit``, else on ``--workdir``.
 
     ``remote`` gets an :class:`~fedshield.transport.admin_client.AdminClient`, ``local``
@@ -1150,6 +1150,8 @@ def participants_enroll(
     access.revocation_refresh_s (--workdir). Send the certificate and ca/ca.crt to the
     site, which puts them into its kit directory.
     """
+    from cryptography.hazmat.primitives import serialization
+
     from fedshield.federation.admin import sign_enrollment
     from fedshield.identity import load_certificate, write_certificate
 
@@ -1179,8 +1181,6 @@ def participants_enroll(
         now=now,
         valid_days=valid_days,
     )
-    from cryptography.hazmat.primitives import serialization
-
     pem = cert.public_bytes(serialization.Encoding.PEM)
 
     def local(admin: Any) -> dict[str, Any]:
