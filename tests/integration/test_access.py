@@ -651,8 +651,10 @@ def _site_csr(federation: Federation, name: str, out: Path) -> Path:
 def test_sites_enrolled_while_the_coordinator_runs_join_a_round(
     federation_factory: FederationFactory, tmp_path: Path
 ) -> None:
+    # Long deadlines: after round 1 the next round stays open (nobody answers it), so the
+    # coordinator keeps serving the admin calls below however slow the machine is.
     federation = federation_factory(
-        {"rounds": {"join_timeout_s": 600.0, "count": 1, "final_evaluation": False}}
+        {"rounds": {"join_timeout_s": 600.0, "fit_timeout_s": 600.0, "count": 3}}
     )
     federation.start_coordinator()
     ca = str(federation.kits.ca_cert_path.parent)
@@ -745,6 +747,20 @@ def test_sites_enrolled_while_the_coordinator_runs_join_a_round(
         assert rows["hospital-b"]["status"] == "enrolled"
         assert rows["hospital-b"]["organization"] == "Org hospital-b"
         admin.revoke("hospital-c", reason="left the consortium")
+        # Bodies are bounded: a certificate over 16 KiB is refused, a body over 64 KiB
+        # is refused before it is read.
+        for size, status in ((20_000, 400), (100_000, 413)):
+            with pytest.raises(RejectedError) as too_big:
+                admin.enroll("hospital-f", b"A" * size)
+            assert too_big.value.status == status
+
+    # The roster is durable: after a restart the enrolled site is still a participant.
+    federation.kill_coordinator()
+    federation.start_coordinator()
+    with CoordinatorClient.from_kit(federation.url, kit_b, **options) as client_b:
+        task = client_b.next_task(wait_s=0)  # 204 or a task: accepted, not refused
+        assert task is None or task.kind in ("fit", "evaluate")
+    remote = ["--kit", str(federation.kits.admin_dir), "--coordinator", federation.url]
 
     # A revoked name is not enrolled again, whatever the new CSR: the CLI says how.
     again = _fedshield(
