@@ -11,9 +11,10 @@ import json
 import os
 import socket
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -24,6 +25,8 @@ from fedshield.config import FederationConfig, load_config, parse_config
 from fedshield.errors import ConfigError, FedshieldError
 
 __all__ = ["app", "main"]
+
+_T = TypeVar("_T")
 
 # typer >= 0.23 vendors click; older typer uses click itself. Take the classes from
 # typer so that usage errors are caught whichever it is.
@@ -43,7 +46,8 @@ models_app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 participants_app = typer.Typer(
-    help="Participants: list, revoke, quarantine, release; trust scores.", no_args_is_help=True
+    help="Participants: list, enroll, revoke, quarantine, release; trust scores.",
+    no_args_is_help=True,
 )
 app.add_typer(participants_app, name="participants")
 
@@ -673,18 +677,16 @@ def _record_listen(core: Any, kit: Any, *, host: str, port: int) -> None:
 
 def _record_policy(core: Any, policy: Any, path: Path | None) -> None:
     """Audit the access policy in force: its file's SHA3-256 and its custom roles."""
-    import hashlib
-
     from fedshield.federation.coordinator import utcnow
 
-    digest = hashlib.sha3_256(path.read_bytes()).hexdigest() if path is not None else None
     core.events.record(
         actor=core.actor,
         action="policy.load",
         resource="access-policy",
         outcome="ok",
         details={
-            "policy_sha3": digest,
+            # The hash of the bytes load_policy parsed: the file is read once.
+            "policy_sha3": policy.source_sha3,
             "source": "built-in roles only" if path is None else path.name,
             "custom_roles": list(policy.custom_roles),
         },
@@ -1003,10 +1005,35 @@ def _admin_client(kit: Path, coordinator_url: str | None) -> Any:
     return AdminClient.for_kit(Kit.load(kit), coordinator_url)
 
 
-def _administration(workdir: Path) -> Any:
+def _administration(workdir: Path, config: Any = None) -> Any:
     from fedshield.federation.admin import Administration
 
-    return Administration(_database(workdir), enrolled=None, models_dir=workdir / "models")
+    return Administration(_database(workdir), config=config, models_dir=workdir / "models")
+
+
+def _admin_call(
+    workdir: Path,
+    kit: Path | None,
+    coordinator_url: str | None,
+    *,
+    local: Callable[[Any], _T],
+    remote: Callable[[Any], _T],
+    config: Any = None,
+) -> _T:
+    """Run one admin operation: over the admin API with ``--kit``, else on ``--workdir``.
+
+    ``remote`` gets an :class:`~fedshield.transport.admin_client.AdminClient`, ``local``
+    an :class:`~fedshield.federation.admin.Administration` on the workdir's database
+    (with ``config`` when the operation needs the federation config).
+    """
+    if kit is not None:
+        with _admin_client(kit, coordinator_url) as client:
+            return remote(client)
+    admin = _administration(workdir, config)
+    try:
+        return local(admin)
+    finally:
+        admin.db.close()
 
 
 @participants_app.command("list")
@@ -1017,15 +1044,13 @@ def participants_list(
     json_path: JsonOpt = None,
 ) -> None:
     """List participants with their status: enrolled, revoked, quarantined, trust."""
-    if kit is not None:
-        with _admin_client(kit, coordinator_url) as client:
-            rows = client.participants()
-    else:
-        admin = _administration(workdir)
-        try:
-            rows = [r.to_json() for r in admin.participants()]
-        finally:
-            admin.db.close()
+    rows: list[dict[str, Any]] = _admin_call(
+        workdir,
+        kit,
+        coordinator_url,
+        local=lambda admin: [r.to_json() for r in admin.participants()],
+        remote=lambda client: client.participants(),
+    )
     if json_path is not None:
         _emit_json(json_path, {"participants": rows})
         return
@@ -1046,6 +1071,167 @@ def participants_list(
     _out.print(table)
 
 
+_MAX_CSR_READ_BYTES = 64 * 1024 + 1  # one byte over the CSR limit: sign_request refuses it
+
+
+def _read_csr(path: Path) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(_MAX_CSR_READ_BYTES)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the CSR {path}: {exc.strerror}",
+            hint="Pass the request.csr the site made with `fedshield identity csr`.",
+        ) from exc
+
+
+def _running_config(workdir: Path, config: Path) -> Any:
+    """Load ``config`` and check it is the one the coordinator on ``workdir`` last started with.
+
+    The enrollment's limits come from it: a different file would check other limits
+    than the coordinator enforces.
+    """
+    from fedshield.federation.coordinator import config_digest
+    from fedshield.storage import EventLog
+
+    cfg = load_config(config)
+    db = _database(workdir)
+    try:
+        starts = EventLog(db).since(0, ("coordinator.start",))
+    finally:
+        db.close()
+    if starts and starts[-1].details.get("config_sha3") != config_digest(cfg):
+        raise ConfigError(
+            f"{config} is not the config the coordinator on {workdir} last started with "
+            f"(audit entry {starts[-1].id})",
+            hint="Pass the federation file the coordinator runs with, or enroll over its "
+            "admin API (--kit ADMIN-KIT --coordinator URL).",
+        )
+    return cfg
+
+
+@participants_app.command("enroll")
+def participants_enroll(
+    name: Annotated[str, typer.Argument(help="The new participant (its CSR's CN).")],
+    csr: Annotated[
+        Path, typer.Option("--csr", help="The site's request.csr (`fedshield identity csr`).")
+    ],
+    ca: Annotated[Path, typer.Option("--ca", help="The CA directory (ca.crt, ca.key).")],
+    organization: Annotated[
+        str | None,
+        typer.Option("--organization", help="The site's organization; the CSR's O must match."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Where to write the certificate (default: cert.pem beside the CSR)."
+        ),
+    ] = None,
+    valid_days: Annotated[int, typer.Option(min=1, help="Certificate lifetime in days.")] = 825,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="The federation file the coordinator runs with (locally, for its "
+            "participants and limits; not with --kit).",
+        ),
+    ] = None,
+    workdir: WorkdirOpt = Path("fedshield-coordinator"),
+    kit: KitOpt = None,
+    coordinator_url: CoordinatorOpt = None,
+    json_path: JsonOpt = None,
+) -> None:
+    """Enroll a new participant from its CSR (admin); its keys never leave the site.
+
+    Signs the CSR with the federation CA (here, where the CA key is), records the
+    enrollment (durable, audited) on --workdir or, with --kit, over the running
+    coordinator's admin API, and only then writes the certificate. A running
+    coordinator accepts the participant at once (--kit) or within
+    access.revocation_refresh_s (--workdir). Send the certificate and ca/ca.crt to the
+    site, which puts them into its kit directory.
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    from fedshield.federation.admin import sign_enrollment
+    from fedshield.identity import load_certificate, write_certificate
+
+    target = out if out is not None else csr.parent / "cert.pem"
+    if target.exists():
+        raise ConfigError(
+            f"{target} already exists", hint="Pass --out with a path that does not exist yet."
+        )
+    if kit is not None and config is not None:
+        raise ConfigError(
+            "--config is for enrolling locally; over the API the coordinator uses its own",
+            hint="Drop --config, or drop --kit and --coordinator.",
+        )
+    if kit is None and config is None:
+        raise ConfigError(
+            "enrolling on --workdir needs --config (the federation file the coordinator runs "
+            "with: its participants and limits)",
+            hint="Pass --config FILE, or enroll over the admin API with --kit and --coordinator.",
+        )
+    cfg = _running_config(workdir, config) if config is not None else None
+    now = _utcnow()
+    cert = sign_enrollment(
+        _read_csr(csr),
+        name=name,
+        organization=organization,
+        ca_dir=ca,
+        now=now,
+        valid_days=valid_days,
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+
+    def local(admin: Any) -> dict[str, Any]:
+        record = admin.enroll(
+            name,
+            pem,
+            ca_cert=load_certificate(ca / "ca.crt"),
+            actor=_local_actor(),
+            now=now,
+            organization=organization,
+        )
+        return {
+            "enrolled": record.name,
+            "enrollment": record.id,
+            "organization": record.organization,
+            "cert_sha256": record.cert_sha256,
+            "serial": record.serial,
+            "not_after": record.not_after.isoformat(),
+            "at": record.enrolled_at.isoformat(),
+        }
+
+    result = _admin_call(
+        workdir,
+        kit,
+        coordinator_url,
+        local=local,
+        remote=lambda client: client.enroll(name, pem, organization=organization),
+        config=cfg,
+    )
+    write_certificate(target, cert)
+    result["certificate"] = str(target)
+    if json_path is not None:
+        _emit_json(json_path, result)
+        return
+    _out.print(
+        f"enrolled {escape(name)} ({escape(str(result['organization']))}), certificate "
+        f"sha256 {result['cert_sha256']}, serial {result['serial']}, valid until "
+        f"{result['not_after']}"
+    )
+    when = (
+        "the coordinator accepts it now"
+        if kit is not None
+        else f"a coordinator running on {escape(str(workdir))} accepts it within "
+        "access.revocation_refresh_s"
+    )
+    _out.print(
+        f"certificate written to {escape(str(target))}; send it and {escape(str(ca))}/ca.crt "
+        f"to the site (cert.pem and ca.crt in its kit directory); {when}"
+    )
+
+
 @participants_app.command("revoke")
 def participants_revoke(
     name: Annotated[str, typer.Argument(help="The participant whose certificates to revoke.")],
@@ -1057,16 +1243,16 @@ def participants_revoke(
     """Revoke a participant (admin): a running coordinator refuses its next request."""
     from fedshield.storage.identity import REFRESH_S
 
+    _admin_call(
+        workdir,
+        kit,
+        coordinator_url,
+        local=lambda admin: admin.revoke(name, reason=reason, actor=_local_actor(), now=_utcnow()),
+        remote=lambda client: client.revoke(name, reason=reason),
+    )
     if kit is not None:
-        with _admin_client(kit, coordinator_url) as client:
-            client.revoke(name, reason=reason)
         _out.print(f"revoked {escape(name)}; the coordinator refuses its next request")
         return
-    admin = _administration(workdir)
-    try:
-        admin.revoke(name, reason=reason, actor=_local_actor(), now=_utcnow())
-    finally:
-        admin.db.close()
     _out.print(
         f"revoked {escape(name)}; a coordinator running on {escape(str(workdir))} refuses "
         f"its requests within {REFRESH_S:g} s (access.revocation_refresh_s)"
@@ -1082,15 +1268,15 @@ def participants_quarantine(
     coordinator_url: CoordinatorOpt = None,
 ) -> None:
     """Quarantine a participant (admin): it is not selected from the next round on."""
-    if kit is not None:
-        with _admin_client(kit, coordinator_url) as client:
-            client.quarantine(name, reason=reason)
-    else:
-        admin = _administration(workdir)
-        try:
-            admin.quarantine(name, reason=reason, actor=_local_actor(), now=_utcnow())
-        finally:
-            admin.db.close()
+    _admin_call(
+        workdir,
+        kit,
+        coordinator_url,
+        local=lambda admin: admin.quarantine(
+            name, reason=reason, actor=_local_actor(), now=_utcnow()
+        ),
+        remote=lambda client: client.quarantine(name, reason=reason),
+    )
     _out.print(f"quarantined {escape(name)}; it is not selected from the next round on")
 
 
@@ -1102,15 +1288,13 @@ def participants_release(
     coordinator_url: CoordinatorOpt = None,
 ) -> None:
     """Release a quarantined participant (admin): it may be selected again next round."""
-    if kit is not None:
-        with _admin_client(kit, coordinator_url) as client:
-            client.release(name)
-    else:
-        admin = _administration(workdir)
-        try:
-            admin.release(name, actor=_local_actor(), now=_utcnow())
-        finally:
-            admin.db.close()
+    _admin_call(
+        workdir,
+        kit,
+        coordinator_url,
+        local=lambda admin: admin.release(name, actor=_local_actor(), now=_utcnow()),
+        remote=lambda client: client.release(name),
+    )
     _out.print(f"released {escape(name)}; a running coordinator takes it back from the next round")
 
 
@@ -1191,18 +1375,17 @@ def models_rollback(
     kit: KitOpt = None,
     coordinator_url: CoordinatorOpt = None,
 ) -> None:
-    """Make an earlier version the head that the next round starts from."""
-    if kit is not None:
-        with _admin_client(kit, coordinator_url) as client:
-            result = client.rollback(version, reason=reason)
-        head, sha3 = int(result["head"]), str(result["sha3"])
-    else:
-        admin = _administration(workdir)
-        try:
-            v = admin.rollback(version, reason=reason, actor=_local_actor(), now=_utcnow())
-        finally:
-            admin.db.close()
-        head, sha3 = v.version, v.sha3
+    """Make an earlier version the head that the next round starts from (admin)."""
+
+    def local(admin: Any) -> tuple[int, str]:
+        v = admin.rollback(version, reason=reason, actor=_local_actor(), now=_utcnow())
+        return v.version, v.sha3
+
+    def remote(client: Any) -> tuple[int, str]:
+        result = client.rollback(version, reason=reason)
+        return int(result["head"]), str(result["sha3"])
+
+    head, sha3 = _admin_call(workdir, kit, coordinator_url, local=local, remote=remote)
     _out.print(f"head is now model version {head} ({sha3[:16]}); the next round starts from it")
 
 

@@ -8,6 +8,10 @@
 * An expired certificate is refused at the TLS handshake, and the participant agent
   says so before it connects.
 * The RBAC matrix: every endpoint x every built-in role (and a custom one).
+* Enrollment at run time: a site made with ``identity csr`` is enrolled by the admin
+  (over the API, and locally from another process) while the coordinator runs, then
+  takes part in a round; a non-admin's enroll gets 403 and an audit entry; a revoked
+  name is not enrolled again.
 """
 
 from __future__ import annotations
@@ -384,6 +388,12 @@ def _endpoints(head_sha3: str, role: str) -> list[tuple[str, str, str, dict[str,
         ("POST", f"/v1/participants/{ghost}/release", "participants:release", {"json": {}}),
         (
             "POST",
+            f"/v1/participants/{ghost}/enroll",
+            "participants:enroll",
+            {"json": {"certificate": "not a certificate"}},
+        ),
+        (
+            "POST",
             "/v1/models/rollback",
             "models:rollback",
             {"json": {"version": 0, "reason": "matrix test"}},
@@ -446,6 +456,7 @@ def test_rbac_matrix_every_endpoint_and_every_role(
     assert outcomes[("admin", "POST /v1/participants/ghost-admin/quarantine")] == 200
     assert outcomes[("admin", "POST /v1/participants/ghost-admin/release")] == 200
     assert outcomes[("admin", "POST /v1/models/rollback")] == 409  # version 0 is the head
+    assert outcomes[("admin", "POST /v1/participants/ghost-admin/enroll")] == 400  # not a PEM
     assert outcomes[("auditor", "GET /v1/audit/export")] == 200
     assert outcomes[("participant", f"GET /v1/models/{head}")] == 200
     assert outcomes[("participant", "GET /v1/task")] == 204
@@ -609,3 +620,161 @@ def test_a_rotated_certificate_replaces_the_old_one_over_tls(
     with _admin(federation) as admin:
         rows = {r["name"]: r for r in admin.participants()}
     assert rows[name]["status"] == "enrolled"
+
+
+# -- enrollment at run time ---------------------------------------------------------------
+
+
+def _fedshield(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "fedshield", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    if ok:
+        assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    return done
+
+
+def _site_csr(federation: Federation, name: str, out: Path) -> Path:
+    _fedshield(
+        "identity", "csr", "--name", name, "--org", f"Org {name}", "--federation",
+        federation.config.federation.name, "--out", str(out),
+    )  # fmt: skip
+    return out / "request.csr"
+
+
+@pytest.mark.timeout(900)
+def test_sites_enrolled_while_the_coordinator_runs_join_a_round(
+    federation_factory: FederationFactory, tmp_path: Path
+) -> None:
+    # Long deadlines: after round 1 the next round stays open (nobody answers it), so the
+    # coordinator keeps serving the admin calls below however slow the machine is.
+    federation = federation_factory(
+        {"rounds": {"join_timeout_s": 600.0, "fit_timeout_s": 600.0, "count": 3}}
+    )
+    federation.start_coordinator()
+    ca = str(federation.kits.ca_cert_path.parent)
+    a = federation.names[0]
+    site_b, site_c = tmp_path / "hospital-b", tmp_path / "hospital-c"
+    csr_b = _site_csr(federation, "hospital-b", site_b)
+    csr_c = _site_csr(federation, "hospital-c", site_c)
+    assert b"PRIVATE" not in csr_b.read_bytes()
+
+    # A participant may not enroll anyone: 403, and the refusal is audited.
+    with (
+        AdminClient.for_kit(federation.kit(a), federation.url, timeout_s=10.0) as intruder,
+        pytest.raises(RejectedError) as refused,
+    ):
+        intruder.enroll("hospital-b", b"-----BEGIN CERTIFICATE-----\n")
+    assert refused.value.status == 403
+    denied = [
+        e
+        for e in _events(federation)
+        if e.action == "access.deny" and e.resource == "participants:enroll"
+    ]
+    assert [(e.actor, e.details["path"]) for e in denied] == [
+        (a, "/v1/participants/hospital-b/enroll")
+    ]
+
+    # The admin enrolls hospital-b over the admin API: the certificate lands beside the
+    # CSR, which is the site's kit directory; the site adds ca.crt and has a kit.
+    remote = ["--kit", str(federation.kits.admin_dir), "--coordinator", federation.url]
+    done = _fedshield(
+        "participants", "enroll", "hospital-b", "--csr", str(csr_b), "--ca", ca,
+        "--organization", "Org hospital-b", *remote,
+    )  # fmt: skip
+    assert "enrolled hospital-b (Org hospital-b)" in done.stdout
+    shutil.copy(federation.kits.ca_cert_path, site_b / "ca.crt")
+    kit_b = Kit.load(site_b)
+
+    # hospital-c is enrolled from another process on the coordinator host (--workdir):
+    # the running coordinator accepts it within its refresh bound.
+    _fedshield(
+        "participants", "enroll", "hospital-c", "--csr", str(csr_c), "--ca", ca,
+        "--workdir", str(federation.workdir), "--config", str(federation.config_path),
+    )  # fmt: skip
+    shutil.copy(federation.kits.ca_cert_path, site_c / "ca.crt")
+    kit_c = Kit.load(site_c)
+
+    options: dict[str, Any] = {"max_retries": 0, "timeout_s": 10.0, "reconnect_timeout_s": 10.0}
+    with (
+        federation.client(a) as client_a,
+        CoordinatorClient.from_kit(federation.url, kit_b, **options) as client_b,
+        CoordinatorClient.from_kit(federation.url, kit_c, **options) as client_c,
+    ):
+        assert client_b.next_task(wait_s=0) is None  # accepted at once (the API enrolled it)
+        wait_until(
+            lambda: client_c._client.get("/v1/task", params={"wait_s": 0}).status_code == 204,
+            timeout_s=20.0,
+            what="the locally enrolled site to be accepted",
+        )
+        client_a.next_task(wait_s=0)
+        # Three reachable (min_available = 3): the round opens with the two new sites.
+        tasks = {
+            name: _fit_task(client, name)
+            for name, client in ((a, client_a), ("hospital-b", client_b), ("hospital-c", client_c))
+        }
+        for name, client in ((a, client_a), ("hospital-b", client_b), ("hospital-c", client_c)):
+            _upload_zero(client, tasks[name])
+        status = federation.wait_status(
+            lambda s: any(h["status"] == "committed" for h in s["history"]),
+            timeout_s=120.0,
+            what="the round with the enrolled sites to commit",
+        )
+    (committed,) = [h for h in status["history"] if h["status"] == "committed"]
+    assert committed["answered"] == sorted([a, "hospital-b", "hospital-c"])
+
+    # Both enrollments are audit entries: actor, participant, certificate; never a key.
+    enrolled = {
+        e.resource: e
+        for e in _events(federation)
+        if e.action == "participant.enroll" and e.outcome == "ok"
+    }
+    assert set(enrolled) == {"participant/hospital-b", "participant/hospital-c"}
+    assert enrolled["participant/hospital-b"].actor == "admin"
+    assert enrolled["participant/hospital-c"].actor.startswith("cli:")
+    for event, kit in zip(enrolled.values(), (kit_b, kit_c), strict=True):
+        cert = load_certificate(kit.cert_path)
+        assert event.details["serial"] == format(cert.serial_number, "x")
+        assert "PRIVATE" not in str(event.details)
+
+    with _admin(federation) as admin:
+        rows = {r["name"]: r for r in admin.participants()}
+        assert rows["hospital-b"]["status"] == "enrolled"
+        assert rows["hospital-b"]["organization"] == "Org hospital-b"
+        admin.revoke("hospital-c", reason="left the consortium")
+        # Bodies are bounded: a certificate over 16 KiB is refused, a body over 64 KiB
+        # is refused before it is read.
+        for size, status in ((20_000, 400), (100_000, 413)):
+            with pytest.raises(RejectedError) as too_big:
+                admin.enroll("hospital-f", b"A" * size)
+            assert too_big.value.status == status
+
+    # The roster is durable: after a restart the enrolled site is still a participant.
+    federation.kill_coordinator()
+    federation.start_coordinator()
+    with CoordinatorClient.from_kit(federation.url, kit_b, **options) as client_b:
+        task = client_b.next_task(wait_s=0)  # 204 or a task: accepted, not refused
+        assert task is None or task.kind in ("fit", "evaluate")
+    remote = ["--kit", str(federation.kits.admin_dir), "--coordinator", federation.url]
+
+    # A revoked name is not enrolled again, whatever the new CSR: the CLI says how.
+    again = _fedshield(
+        "participants", "enroll", "hospital-c", "--csr",
+        str(_site_csr(federation, "hospital-c", tmp_path / "hospital-c-again")), "--ca", ca,
+        *remote, ok=False,
+    )  # fmt: skip
+    assert again.returncode != 0, again.stderr
+    assert "never enrolled again" in again.stderr and "NEW-NAME" in again.stderr
+    assert not (tmp_path / "hospital-c-again" / "cert.pem").exists()  # nothing handed out
+    # A CSR for another name is refused before anything reaches the coordinator.
+    wrong = _fedshield(
+        "participants", "enroll", "hospital-d", "--csr",
+        str(_site_csr(federation, "hospital-e", tmp_path / "hospital-e")), "--ca", ca,
+        *remote, ok=False,
+    )  # fmt: skip
+    assert wrong.returncode == 3 and "not 'hospital-d'" in wrong.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,10 @@ def test_a_policy_file_adds_custom_roles(tmp_path: Path) -> None:
     # Built-ins stay.
     assert policy.decide("admin", P("participants:revoke")).allowed
     assert load_policy(None).custom_roles == ()
+    # What the coordinator audits as the policy in force: the bytes it parsed.
+    assert policy.source_sha3 == hashlib.sha3_256(path.read_bytes()).hexdigest()
+    assert load_policy(None).source_sha3 is None
+    assert policy.decide("admin", P("participants:enroll")).allowed
 
 
 @pytest.mark.parametrize(

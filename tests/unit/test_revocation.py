@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedshield.config import parse_config
+from fedshield.config import FederationConfig, parse_config
 from fedshield.errors import ConfigError
 from fedshield.federation.admin import Administration, StateConflict
 from fedshield.federation.coordinator import Committed, Coordinator
@@ -96,7 +96,7 @@ def test_refresh_reports_newly_revoked_entities_once(tmp_path: Path) -> None:
     assert cache.refresh() == frozenset()
 
 
-def _config(secure: bool = False) -> object:
+def _config(secure: bool = False) -> FederationConfig:
     return parse_config(
         {
             "task": {"name": "digits", "local_epochs": 1},
@@ -110,7 +110,7 @@ def _config(secure: bool = False) -> object:
 
 def _coordinator(workdir: Path) -> Coordinator:
     return Coordinator(
-        _config(),  # type: ignore[arg-type]
+        _config(),
         workdir=workdir,
         base_dir=workdir,
         now=NOW,
@@ -170,7 +170,7 @@ def test_a_participant_revoked_mid_round_is_a_dropout_and_never_selected_again(
 def test_a_restarted_coordinator_keeps_the_revoked_out(tmp_path: Path) -> None:
     _coordinator(tmp_path).close()  # the workdir of a federation that ran
     db = Database.for_workdir(tmp_path)
-    Administration(db, enrolled=NAMES, models_dir=tmp_path / "models").revoke(
+    Administration(db, config=_config(), models_dir=tmp_path / "models").revoke(
         "site-2", reason="compromised", actor="cli:alice", now=NOW
     )
     db.close()
@@ -185,7 +185,7 @@ def test_a_restarted_coordinator_keeps_the_revoked_out(tmp_path: Path) -> None:
 
 def test_administration_revokes_quarantines_releases_and_audits(tmp_path: Path) -> None:
     db = Database.for_workdir(tmp_path)
-    admin = Administration(db, enrolled=NAMES, models_dir=tmp_path / "models")
+    admin = Administration(db, config=_config(), models_dir=tmp_path / "models")
     admin.revoke("site-1", reason="key leaked", actor="admin", now=NOW)
     with pytest.raises(StateConflict, match="already revoked"):
         admin.revoke("site-1", reason="again", actor="admin", now=NOW)
@@ -213,7 +213,7 @@ def test_administration_revokes_quarantines_releases_and_audits(tmp_path: Path) 
     ("name", "reason", "message"),
     [
         ("bad name", "r", "participant name must be"),
-        ("coordinator", "r", "coordinator cannot be revoked"),
+        ("coordinator", "r", "is not a participant name"),
         ("site-1", "", "reason must be"),
         ("site-1", "a\nb", "reason must be"),
     ],
@@ -222,7 +222,7 @@ def test_administration_refuses_malformed_input(
     tmp_path: Path, name: str, reason: str, message: str
 ) -> None:
     db = Database.for_workdir(tmp_path)
-    admin = Administration(db, enrolled=None, models_dir=tmp_path / "models")
+    admin = Administration(db, config=None, models_dir=tmp_path / "models")
     with pytest.raises(ConfigError, match=message):
         admin.revoke(name, reason=reason, actor="admin", now=NOW)
     assert Revocations(db).version() == 0

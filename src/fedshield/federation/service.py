@@ -29,6 +29,7 @@ from fedshield.federation.round import FederationFailed, FederationFinished
 from fedshield.federation.secure import SecureAggregation
 from fedshield.policy import Policy
 from fedshield.secagg import system_random
+from fedshield.storage.enrollment import EnrollmentCache, Enrollments
 from fedshield.storage.identity import RevocationCache, Revocations
 from fedshield.tensors import encode
 from fedshield.transport.envelope import ModelStatement, sign_model
@@ -65,7 +66,13 @@ class CoordinatorService:
         self.signing_key = signing_key
         self.name = name
         self._model_signature: tuple[ModelStatement, str] | None = None
-        self.names = frozenset(config.participants.resolved_names())
+        self._listed = frozenset(config.participants.resolved_names())
+        #: Participants enrolled since provisioning (``fedshield participants enroll``),
+        #: re-read as often as the revocation list.
+        self.enrollments = EnrollmentCache(
+            Enrollments(coordinator.db), refresh_s=config.access.revocation_refresh_s
+        )
+        self.enrollments.refresh()
         self.on_report = on_report
         self.tick_s = tick_s
         self.end_grace_s = end_grace_s
@@ -82,6 +89,24 @@ class CoordinatorService:
         self.secure: SecureAggregation | None = None
         if config.secure_aggregation.enabled:
             self.secure = SecureAggregation(coordinator, rng=system_random)
+
+    @property
+    def names(self) -> frozenset[str]:
+        """Every enrolled participant: the config's and those enrolled since (cached)."""
+        return self._listed | self.enrollments.names
+
+    def is_enrolled(self, name: str, *, refresh: bool = True) -> bool:
+        """Whether ``name`` is enrolled; an unknown name re-reads the roster if due.
+
+        With ``refresh`` (the default) this may read the database: call it off the
+        event loop, or with ``refresh=False`` for the cached answer.
+        """
+        if name in self._listed or name in self.enrollments.names:
+            return True
+        if not refresh:
+            return False
+        self.enrollments.refresh()  # at most every refresh_s, whoever asks
+        return name in self.enrollments.names
 
     @property
     def end(self) -> TaskMessage | None:
@@ -143,6 +168,7 @@ class CoordinatorService:
         if now:
             self.revocations.invalidate()
         self.revocations.refresh()
+        self.enrollments.refresh()  # a name enrolled by another process, revoked since
         for name in sorted((self.revocations.names & self.names) - self.coordinator.revoked()):
             self._revoke(name)
 

@@ -102,7 +102,8 @@ def load_policy(path: Path | None) -> Policy:
         document = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"access policy {path} is not valid TOML: {exc}", hint=_HINT) from exc
-    return parse_policy(document, source=str(path))
+    # Hashed from the bytes parsed here: the audit names exactly the policy in force.
+    return parse_policy(document, source=str(path)).from_source(data)
 
 
 def policy_path(access_policy: str | None, base_dir: Path) -> Path | None:

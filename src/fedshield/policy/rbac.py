@@ -32,6 +32,7 @@ This module is pure: no files, clocks or I/O (see :mod:`fedshield.policy.file`).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -211,6 +212,9 @@ class Policy:
     custom_roles
         Extra roles: name to permissions. Names must be well formed and not a built-in
         role; permissions may not include admin operations or ``updates:read``.
+    source_sha3
+        SHA3-256 (hex) of the policy file the roles were read from, if any (what the
+        coordinator audits as the policy in force).
 
     Raises
     ------
@@ -218,7 +222,13 @@ class Policy:
         If a custom role breaks one of those rules.
     """
 
-    def __init__(self, custom_roles: Mapping[str, Iterable[Permission]] | None = None) -> None:
+    def __init__(
+        self,
+        custom_roles: Mapping[str, Iterable[Permission]] | None = None,
+        *,
+        source_sha3: str | None = None,
+    ) -> None:
+        self.source_sha3 = source_sha3
         roles = dict(BUILTIN_ROLES)
         for name, permissions in (custom_roles or {}).items():
             check_role_name(name)
@@ -242,6 +252,11 @@ class Policy:
     def roles(self) -> Mapping[str, frozenset[Permission]]:
         """Every role (built-in first) and its permissions."""
         return self._roles
+
+    def from_source(self, data: bytes) -> Policy:
+        """Return the same roles, marked as read from a file holding ``data``."""
+        custom = {name: self._roles[name] for name in self.custom_roles}
+        return Policy(custom, source_sha3=hashlib.sha3_256(data).hexdigest())
 
     @property
     def custom_roles(self) -> tuple[str, ...]:

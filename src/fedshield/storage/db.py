@@ -56,6 +56,7 @@ __all__ = [
     "AuditLogRow",
     "Base",
     "Database",
+    "EnrollmentRow",
     "EventRow",
     "HeadRow",
     "ModelVersionRow",
@@ -378,6 +379,29 @@ class RevocationRow(Base):
     reason: Mapped[str] = mapped_column(String(1000))
     actor: Mapped[str] = mapped_column(String(256))
     revoked_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class EnrollmentRow(Base):
+    """One participant enrolled after provisioning, by its CA-signed certificate.
+
+    The federation config names the participants provisioned with it; an admin enrolls
+    more at run time (``fedshield participants enroll``), and a running coordinator
+    polls this table as it polls ``revocations``. Rows are never updated or deleted (a
+    name leaves by revocation); the highest ``id`` is the roster's version. The
+    certificate is public (PEM); no private key is ever stored.
+    """
+
+    __tablename__ = "enrollments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(256), unique=True)
+    organization: Mapped[str] = mapped_column(String(256))
+    cert_sha256: Mapped[str] = mapped_column(String(64))
+    serial: Mapped[str] = mapped_column(String(64))
+    not_after: Mapped[datetime] = mapped_column(UTCDateTime())
+    certificate: Mapped[str] = mapped_column(String(16384))
+    actor: Mapped[str] = mapped_column(String(256))
+    enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 def _install_sqlite_hooks(engine: Engine) -> None:

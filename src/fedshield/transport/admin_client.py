@@ -1,4 +1,4 @@
-"""The admin's client: participant administration, rollback, audit export, privacy report.
+"""The admin's client: participant administration (enroll, revoke, ...), rollback, audit export.
 
 A thin layer over :class:`~fedshield.transport.client.CoordinatorClient` (same mutual
 TLS, retries and error mapping) for the admin API of a running coordinator. The caller's
@@ -56,6 +56,22 @@ class AdminClient(CoordinatorClient):
         data = self._json("GET", "/v1/participants")
         rows: list[dict[str, Any]] = data["participants"]
         return rows
+
+    def enroll(
+        self, name: str, certificate_pem: bytes, *, organization: str | None = None
+    ) -> dict[str, Any]:
+        """Enroll ``name`` by the certificate the federation CA issued from its CSR.
+
+        Only the certificate travels (it is public); the coordinator checks it against
+        its CA, records the enrollment and accepts the name from its next request.
+        """
+        body: dict[str, Any] = {"certificate": certificate_pem.decode("ascii")}
+        if organization is not None:
+            body["organization"] = organization
+        result: dict[str, Any] = self._json(
+            "POST", f"/v1/participants/{self._name(name)}/enroll", body
+        )
+        return result
 
     def revoke(self, name: str, *, reason: str) -> dict[str, Any]:
         """Revoke every certificate of ``name``; enforced from its next request."""

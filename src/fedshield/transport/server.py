@@ -20,6 +20,7 @@ Endpoints (all under ``/v1``)::
                                                        JSON, raw ring bytes for ``masked``
     GET  /status                       status:read     round progress and history
     GET  /participants                 participants:read       list with status
+    POST /participants/{name}/enroll   participants:enroll     JSON {"certificate", "organization"?}
     POST /participants/{name}/revoke   participants:revoke     JSON {"reason"}
     POST /participants/{name}/quarantine participants:quarantine JSON {"reason"}
     POST /participants/{name}/release  participants:release    JSON {}
@@ -32,10 +33,12 @@ certificate ``OU``, in the federation's access policy (:mod:`fedshield.policy`; 
 default): ``health:read`` for health, ``rounds:read`` for the task long-poll,
 ``models:read`` for the model, ``updates:write`` for updates and SecAgg+ messages,
 ``rounds:write`` for evaluations and declines. Participant endpoints also need the
-name to be enrolled. Before the policy, every request's certificate is checked against
-the revocation list (:class:`~fedshield.storage.identity.RevocationCache`) and its
-expiry: a revoked or expired certificate gets 403 whatever its role. Denials, and the
-allows that :class:`~fedshield.policy.DecisionLog` selects, are audit entries
+name to be enrolled: listed in the config, or enrolled since (the ``enrollments``
+table, re-read like the revocation list; see :mod:`fedshield.federation.admin`).
+Before the policy, every request's certificate is checked against the revocation list
+(:class:`~fedshield.storage.identity.RevocationCache`) and its expiry: a revoked or
+expired certificate gets 403 whatever its role. Denials, and the allows that
+:class:`~fedshield.policy.DecisionLog` selects, are audit entries
 (``access.deny`` / ``access.allow``).
 
 Request bodies are read with a byte limit before they are parsed; errors are JSON
@@ -62,6 +65,7 @@ from typing import Any
 
 import numpy as np
 import uvicorn
+from cryptography import x509
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -77,7 +81,7 @@ from fedshield.errors import (
     ProtocolError,
     StorageError,
 )
-from fedshield.federation.admin import Administration, StateConflict
+from fedshield.federation.admin import MAX_CERTIFICATE_BYTES, Administration, StateConflict
 from fedshield.federation.coordinator import utcnow
 from fedshield.federation.privacy_report import load_report
 from fedshield.federation.secure import SecureRelay
@@ -86,6 +90,7 @@ from fedshield.identity import Identity, identity_from_der
 from fedshield.policy import DecisionLog, Permission
 from fedshield.storage import ModelVersion
 from fedshield.storage.audit import AuditLog
+from fedshield.storage.enrollment import EnrollmentRecord
 from fedshield.storage.identity import RevocationRecord
 from fedshield.tensors import decode, encode
 from fedshield.transport._server_envelope import EnvelopeGuard, EnvelopeMiddleware
@@ -111,8 +116,9 @@ _HEALTH = Permission("health", "read")
 _STATUS_READ = Permission("status", "read")
 _MODELS_READ = Permission("models", "read")
 _ADMIN_BODY_HINT = (
-    'revoke and quarantine take {"reason": "..."}, release {}, rollback '
-    '{"version": N, "reason": "..."} (fedshield participants ... --kit does this)'
+    'enroll takes {"certificate": "PEM"}, revoke and quarantine {"reason": "..."}, '
+    'release {}, rollback {"version": N, "reason": "..."} (fedshield participants ... '
+    "--kit does this)"
 )
 
 
@@ -128,6 +134,13 @@ class ReasonBody(_AdminBody):
 
 class EmptyBody(_AdminBody):
     """No fields."""
+
+
+class EnrollBody(_AdminBody):
+    """The certificate the federation CA issued from the site's CSR (no key: it stays there)."""
+
+    certificate: str = Field(min_length=1, max_length=MAX_CERTIFICATE_BYTES)
+    organization: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 class RollbackBody(_AdminBody):
@@ -330,10 +343,17 @@ async def _read_body(request: Request, *, limit: int) -> bytes:
     return bytes(body)
 
 
-def create_app(service: CoordinatorService, *, clock: Callable[[], float] = time.time) -> FastAPI:
+def create_app(
+    service: CoordinatorService,
+    *,
+    clock: Callable[[], float] = time.time,
+    ca_cert: x509.Certificate | None = None,
+) -> FastAPI:
     """Build the coordinator API around ``service``.
 
     ``clock`` (seconds since the epoch) is what message timestamps are checked against.
+    ``ca_cert`` is the federation CA that TLS trusts; an enrollment's certificate must
+    be issued by it (without it the enroll endpoint answers 409: enroll locally).
     """
     coordinator = service.coordinator
     limit = service.config.transport.max_payload_bytes
@@ -351,7 +371,7 @@ def create_app(service: CoordinatorService, *, clock: Callable[[], float] = time
     app = FastAPI(title="fedshield coordinator", docs_url=None, redoc_url=None, openapi_url=None)
     access = _Access(service)
     admin = Administration(
-        coordinator.db, enrolled=service.names, models_dir=coordinator.workdir / "models"
+        coordinator.db, config=service.config, models_dir=coordinator.workdir / "models"
     )
     app.add_middleware(
         EnvelopeMiddleware,
@@ -380,7 +400,11 @@ def create_app(service: CoordinatorService, *, clock: Callable[[], float] = time
         identity = await access.check(request, wanted)
         # The round knows its members by name: only a participant certificate of an
         # enrolled name acts as one, whatever permissions another role was given.
-        if identity.role != "participant" or identity.name not in service.names:
+        enrolled = identity.role == "participant" and (
+            service.is_enrolled(identity.name, refresh=False)
+            or await asyncio.to_thread(service.is_enrolled, identity.name)
+        )
+        if not enrolled:
             raise await access.deny(
                 request,
                 403,
@@ -429,7 +453,7 @@ def create_app(service: CoordinatorService, *, clock: Callable[[], float] = time
     @app.get("/v1/models/{sha3}")
     async def model(request: Request, sha3: str) -> Response:
         identity = await access.check(request, _MODELS_READ)
-        if identity.name in service.names and identity.role == "participant":
+        if identity.role == "participant" and service.is_enrolled(identity.name, refresh=False):
             service.touch(identity.name)
         data = await asyncio.to_thread(service.model_bytes, sha3)
         if data is None:
@@ -651,8 +675,46 @@ def create_app(service: CoordinatorService, *, clock: Callable[[], float] = time
             raise _Refused(409, exc.message, exc.hint) from exc
         except NotFoundError as exc:
             raise _Refused(404, exc.message, exc.hint) from exc
-        except ConfigError as exc:
+        except (ConfigError, IdentityError) as exc:
             raise _Refused(400, exc.message, exc.hint) from exc
+
+    @app.post("/v1/participants/{name}/enroll")
+    async def participant_enroll(request: Request, name: str) -> dict[str, Any]:
+        caller = await access.check(request, Permission("participants", "enroll"))
+        body = await _admin_body(request, EnrollBody)
+        if ca_cert is None:
+            raise _Refused(
+                409,
+                "this coordinator was started without its CA certificate and cannot check "
+                "an enrollment",
+                "Enroll on the coordinator host: fedshield participants enroll --workdir "
+                "DIR --config FILE.",
+            )
+        record = await asyncio.to_thread(
+            _admin_result,
+            functools.partial(
+                admin.enroll,
+                name,
+                body.certificate.encode("utf-8"),
+                ca_cert=ca_cert,
+                actor=caller.name,
+                now=utcnow(),
+                organization=body.organization,
+            ),
+        )
+        assert isinstance(record, EnrollmentRecord)
+        # Accepted now, in this process: no wait for the next refresh.
+        service.enrollments.invalidate()
+        await asyncio.to_thread(service.enrollments.refresh)
+        return {
+            "enrolled": record.name,
+            "enrollment": record.id,
+            "organization": record.organization,
+            "cert_sha256": record.cert_sha256,
+            "serial": record.serial,
+            "not_after": record.not_after.isoformat(),
+            "at": record.enrolled_at.isoformat(),
+        }
 
     @app.post("/v1/participants/{name}/revoke")
     async def participant_revoke(request: Request, name: str) -> dict[str, Any]:
@@ -749,7 +811,10 @@ def serve(
     sock: socket.socket,
 ) -> None:
     """Serve the API on the bound socket until the federation ends (blocking)."""
-    app = create_app(service)
+    anchors = ssl_context.get_ca_certs(binary_form=True)
+    # The one CA the handshake trusts is the one an enrollment must come from.
+    ca_cert = x509.load_der_x509_certificate(anchors[0]) if len(anchors) == 1 else None
+    app = create_app(service, ca_cert=ca_cert)
     config = uvicorn.Config(
         app,
         http=_PeerCertH11Protocol,
