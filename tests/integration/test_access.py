@@ -280,6 +280,35 @@ def _expired_kit(federation: Federation, name: str, out: Path) -> Path:
     return out
 
 
+def _stranger_kit(federation: Federation, name: str, out: Path) -> Path:
+    """A participant kit with a valid certificate from the federation CA for ``name``,
+    a name the federation never enrolled (copied from a real kit, key and all new)."""
+    source = next(iter(federation.kits.participant_dirs.values()))
+    shutil.copytree(source, out)
+    ca_key = load_private_key(federation.kits.ca_cert_path.parent / "ca.key")
+    ca_cert = load_certificate(federation.kits.ca_cert_path)
+    signing = ed25519.Ed25519PrivateKey.generate()
+    key, cert = issue_certificate(
+        ca_key,  # type: ignore[arg-type]
+        ca_cert,
+        name=name,
+        organization=name,
+        role="participant",
+        now=datetime.now(UTC),
+        valid_days=30,
+        signing_key=signing.public_key(),
+    )
+    write_certificate(out / "cert.pem", cert, overwrite=True)
+    write_private_key(out / "key.pem", key, overwrite=True)
+    write_private_key(out / "signing.key", signing, overwrite=True)
+    kit_toml = out / "kit.toml"
+    source_name = Kit.load(source).name
+    kit_toml.write_text(
+        kit_toml.read_text().replace(f'"{source_name}"', f'"{name}"')  # name, organization
+    )
+    return out
+
+
 @pytest.mark.timeout(400)
 def test_an_expired_certificate_is_refused_with_a_clear_error(
     federation_factory: FederationFactory, tmp_path: Path
@@ -462,6 +491,21 @@ def test_rbac_matrix_every_endpoint_and_every_role(
     assert outcomes[("participant", "GET /v1/task")] == 204
     assert outcomes[("auditor", f"GET /v1/models/{head}")] == 403  # never model weights
 
+    # A participant certificate the federation CA issued for a name that was never
+    # enrolled gets no model (nor anything else a participant may do), and is audited.
+    stranger = _stranger_kit(federation, "stranger-1", root / "stranger")
+    with httpx.Client(
+        base_url=federation.url,
+        verify=client_ssl_context(Kit.load(stranger)),
+        auth=EnvelopeAuth(Credentials.from_kit(Kit.load(stranger))),
+        trust_env=False,
+        timeout=15.0,
+    ) as http:
+        for path in (f"/v1/models/{head}", "/v1/task"):
+            reply = http.get(path, params={"wait_s": 0} if path == "/v1/task" else None)
+            assert reply.status_code == 403, (path, reply.text)
+            assert "not a participant enrolled" in reply.json()["error"], reply.text
+
     # Every 403 is an access.deny entry naming the caller and the permission.
     denials = {
         (e.actor, str(e.resource), str(e.details["path"]))
@@ -472,6 +516,7 @@ def test_rbac_matrix_every_endpoint_and_every_role(
         for method, path, permission, _ in _endpoints(head, role):
             if outcomes[(role, f"{method} {path}")] == 403:
                 assert (name, permission, path) in denials, (role, method, path)
+    assert ("stranger-1", "models:read", f"/v1/models/{head}") in denials
     # The admin operations that succeeded are audited as allowed, with the caller.
     allows = [e for e in _events(federation) if e.action == "access.allow"]
     assert {("admin", "participants:revoke"), ("auditor-1", "audit:read")} <= {

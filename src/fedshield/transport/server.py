@@ -453,7 +453,20 @@ def create_app(
     @app.get("/v1/models/{sha3}")
     async def model(request: Request, sha3: str) -> Response:
         identity = await access.check(request, _MODELS_READ)
-        if identity.role == "participant" and service.is_enrolled(identity.name, refresh=False):
+        if identity.role == "participant":
+            # A participant certificate the CA issued for a name never enrolled (or
+            # enrolled nowhere in this federation) gets no model either.
+            if not (
+                service.is_enrolled(identity.name, refresh=False)
+                or await asyncio.to_thread(service.is_enrolled, identity.name)
+            ):
+                raise await access.deny(
+                    request,
+                    403,
+                    f"{identity.name!r} is not a participant enrolled in this federation",
+                    permission=_MODELS_READ,
+                    identity=identity,
+                )
             service.touch(identity.name)
         data = await asyncio.to_thread(service.model_bytes, sha3)
         if data is None:
