@@ -210,10 +210,10 @@ class GroupCommit:
                     self._head = None  # prepared on what was never written
         finally:
             with self._turn:
+                self.batches += 1
+                self.events += len(batch)
                 self._serving += 1
                 self._turn.notify_all()
-        self.batches += 1
-        self.events += len(batch)
         for event in batch:
             event.done.set()
 
