@@ -42,10 +42,13 @@ without a chain link is never adopted; ``verify`` reports it.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,7 +91,7 @@ from fedshield.storage.db import (
     TreeHeadSignaturesRow,
     check_utc,
 )
-from fedshield.storage.signature_pool import DEFAULT_CHUNK, SignaturePool
+from fedshield.storage.signature_pool import DEFAULT_CHUNK, SignaturePool, process_pool
 
 __all__ = [
     "AUDIT_KEY_FILE",
@@ -609,6 +612,25 @@ def _stored_encoding(seq: int, values: Sequence[Any]) -> bytes | None:
     return text.encode("ascii")
 
 
+def _found(row: Sequence[Any]) -> bool:
+    """Return whether a row of ``AuditLog._entries_query`` has its entry's content."""
+    return row[4] is not None and row[0] >= 1
+
+
+def _encode_rows(rows: Sequence[tuple[int, tuple[Any, ...]] | None]) -> list[bytes | None]:
+    """:func:`_stored_encoding` of each ``(seq, raw columns)``; a worker process runs it."""
+    return [None if row is None else _stored_encoding(*row) for row in rows]
+
+
+def _record(row: Sequence[Any], encoding: bytes | None) -> ChainRecord:
+    """Return the verifier's view of one row of ``AuditLog._entries_query``."""
+    seq, _, entry_hash, signature, _found_id = row[:5]
+    if not _found(row):
+        return ChainRecord(seq, None, _unhex(entry_hash), _unhex(signature))
+    entry = _raw_entry(seq, row[5:]) if encoding is None else None
+    return ChainRecord(seq, entry, _unhex(entry_hash), _unhex(signature), encoding)
+
+
 class AuditLog:
     """Read access to a database's audit log: verify, export, receipts.
 
@@ -728,44 +750,78 @@ class AuditLog:
                     "(federation and key) is missing",
                     check="header",
                 )
-            pool = (
+            # One set of worker processes per call, shared by the entry encodings and
+            # the signatures, and stopped when the call ends, whatever happened.
+            executor = process_pool(workers) if workers > 0 else None
+            signatures = (
                 SignaturePool(
-                    public_key_bytes(public_key), federation, workers=workers, chunk=chunk
+                    public_key_bytes(public_key),
+                    federation,
+                    workers=workers,
+                    chunk=chunk,
+                    executor=executor,
                 )
-                if workers > 0
+                if executor is not None
                 else None
             )
+            records = self._records(session, executor=executor, workers=workers, chunk=chunk)
             try:
                 return verify_log(
-                    self._records(session),
+                    records,
                     federation=federation,
                     public_key=public_key,
                     heads=heads,
                     external_heads=external_heads,
                     unchained=unchained,
-                    signatures=pool,
+                    signatures=signatures,
                     all_signatures=all_signatures,
                 )
             finally:
-                if pool is not None:
-                    pool.close()
+                records.close()
+                if signatures is not None:
+                    signatures.close()
+                if executor is not None:
+                    executor.shutdown(wait=True, cancel_futures=True)
 
-    def _records(self, session: Session) -> Iterator[ChainRecord]:
+    def _records(
+        self,
+        session: Session,
+        *,
+        executor: ProcessPoolExecutor | None = None,
+        workers: int = 0,
+        chunk: int = DEFAULT_CHUNK,
+    ) -> Generator[ChainRecord, None, None]:
         """Yield the verifier's view of every link, in ``seq`` order (lean: no ORM objects).
 
         An entry stored the usual way is handed over as its canonical encoding, built
         from the raw columns (:func:`_stored_encoding`); anything else as an
-        :class:`~fedshield.audit.entry.Entry` parsed the careful way.
+        :class:`~fedshield.audit.entry.Entry` parsed the careful way. With an
+        ``executor`` (of ``workers`` processes), the encodings of each chunk of rows are
+        built in the workers while this process verifies the chunks before it (the
+        encoding is most of a verifier's work per entry once signatures are vouched for
+        by tree heads); a log shorter than two chunks is encoded here.
         """
         # Core rows from the session's connection: no ORM layer per row.
-        for row in session.connection().execute(self._entries_query()):
-            seq, _, entry_hash, signature, found = row[:5]
-            if found is None or seq < 1:
-                yield ChainRecord(seq, None, _unhex(entry_hash), _unhex(signature))
-                continue
-            encoding = _stored_encoding(seq, row[5:])
-            entry = _raw_entry(seq, row[5:]) if encoding is None else None
-            yield ChainRecord(seq, entry, _unhex(entry_hash), _unhex(signature), encoding)
+        rows = session.connection().execute(self._entries_query())
+        first = rows.fetchmany(2 * chunk) if executor is not None else []
+        if executor is None or len(first) < 2 * chunk:
+            for row in itertools.chain(first, rows):
+                yield _record(row, _stored_encoding(row[0], row[5:]) if _found(row) else None)
+            return
+        in_flight: collections.deque[tuple[Sequence[Any], Future[list[bytes | None]]]]
+        in_flight = collections.deque()
+        batch: Sequence[Any] = first[:chunk]
+        rest: Sequence[Any] = first[chunk:]
+        while batch:
+            work = [(row[0], tuple(row[5:])) if _found(row) else None for row in batch]
+            in_flight.append((batch, executor.submit(_encode_rows, work)))
+            if len(in_flight) > workers:  # keep every worker busy, yield in order
+                done, encodings = in_flight.popleft()
+                yield from map(_record, done, encodings.result())
+            batch, rest = (rest, []) if rest else (rows.fetchmany(chunk), [])
+        while in_flight:
+            done, encodings = in_flight.popleft()
+            yield from map(_record, done, encodings.result())
 
     def export_jsonl(self, out: IO[str]) -> int:
         """Write every entry as one JSON line (entry fields, ``entry_hash``, ``signature``).

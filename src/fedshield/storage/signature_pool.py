@@ -23,10 +23,22 @@ from typing import Final
 
 from fedshield.audit.verify import first_bad_signature
 
-__all__ = ["DEFAULT_CHUNK", "SignaturePool"]
+__all__ = ["DEFAULT_CHUNK", "SignaturePool", "process_pool"]
 
 DEFAULT_CHUNK: Final = 4096
 """Signatures per task: large enough to amortize the hand-over, small enough to balance."""
+
+
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """Return ``workers`` worker processes: forked if this process runs one thread, else spawned.
+
+    Forking is instant (the code is already imported); forking a threaded process can
+    deadlock the child on a lock another thread held, so then they are spawned.
+    """
+    method = "fork" if threading.active_count() == 1 else "spawn"
+    if method not in multiprocessing.get_all_start_methods():
+        method = "spawn"
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
 
 
 class SignaturePool:
@@ -42,10 +54,19 @@ class SignaturePool:
         Worker processes (>= 1).
     chunk
         Signatures per task (>= 1).
+    executor
+        Worker processes to use (shared with other work; the caller shuts them down).
+        ``None``: start ``workers`` of its own when first needed.
     """
 
     def __init__(
-        self, public_key: bytes, federation: str, *, workers: int, chunk: int = DEFAULT_CHUNK
+        self,
+        public_key: bytes,
+        federation: str,
+        *,
+        workers: int,
+        chunk: int = DEFAULT_CHUNK,
+        executor: ProcessPoolExecutor | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
@@ -55,7 +76,8 @@ class SignaturePool:
         self._federation = federation
         self._workers = workers
         self._chunk = chunk
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: ProcessPoolExecutor | None = executor
+        self._owns_pool = executor is None
         self._buffer: list[tuple[int, bytes, bytes]] = []
         self._tasks: list[tuple[int, Future[int | None]]] = []
         self._queued = 0
@@ -68,12 +90,7 @@ class SignaturePool:
 
     def _submit(self) -> None:
         if self._pool is None:
-            method = "fork" if threading.active_count() == 1 else "spawn"
-            if method not in multiprocessing.get_all_start_methods():
-                method = "spawn"
-            self._pool = ProcessPoolExecutor(
-                self._workers, mp_context=multiprocessing.get_context(method)
-            )
+            self._pool = process_pool(self._workers)
         future = self._pool.submit(
             first_bad_signature, self._public_key, self._federation, self._buffer
         )
@@ -100,8 +117,8 @@ class SignaturePool:
 
     def close(self) -> None:
         """Stop the workers (idempotent); queued work not yet started is dropped."""
-        if self._pool is not None:
+        if self._pool is not None and self._owns_pool:
             self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        self._pool = None
         self._buffer = []
         self._tasks = []
