@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedshield.config import parse_config
 from fedshield.errors import ConfigError
+from fedshield.transport._server_envelope import RefusalGate
 from fedshield.transport.ratelimit import (
     OVERFLOW_ACTOR,
     RefusalLimiter,
@@ -209,3 +212,37 @@ def test_counts_are_conserved_audited_plus_summarized_is_refused(
     for summary in summaries:
         assert summary.count == sum(n for _, n in summary.reasons) >= 1
         assert summary.opened_s <= summary.first_s <= summary.last_s <= summary.closed_s
+
+
+def test_the_gate_writes_one_marker_per_window_and_summaries_as_metadata() -> None:
+    entries: list[tuple[str, str, str, str, dict[str, object]]] = []
+    now = [1_700_000_000.0]
+    gate = RefusalGate(
+        RefusalLimiter(RefusalLimits(per_minute=1.0, burst=2, summary_s=30.0)),
+        lambda *entry: entries.append(entry),
+        clock=lambda: now[0],
+    )
+
+    async def scenario() -> list[bool]:
+        admitted = [await gate.admit("m", "policy", "GET /v1/audit/export") for _ in range(10)]
+        await gate.flush()  # not due yet
+        now[0] += 31.0
+        await gate.flush()
+        admitted.append(await gate.admit("m", "revoked", "GET /v1/task"))  # a new window
+        gate.drain()
+        return admitted
+
+    admitted = asyncio.run(scenario())
+    assert admitted == [True, True] + [False] * 9
+    assert [(e[0], e[1], e[3]) for e in entries] == [
+        ("m", "access.rate_limited", "limited"),
+        ("m", "access.refusals_suppressed", "suppressed"),
+        ("m", "access.rate_limited", "limited"),
+        ("m", "access.refusals_suppressed", "suppressed"),
+    ]
+    first, second = entries[1][4], entries[3][4]
+    assert first["count"] == 8
+    assert first["reasons"] == {"policy": 8}
+    assert first["window_start"] == "2023-11-14T22:13:20+00:00"
+    assert second["count"] == 1
+    assert second["reasons"] == {"revoked": 1}

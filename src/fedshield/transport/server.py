@@ -403,6 +403,11 @@ def create_app(
     ``clock`` (seconds since the epoch) is what message timestamps are checked against.
     ``ca_cert`` is the federation CA that TLS trusts; an enrollment's certificate must
     be issued by it (without it the enroll endpoint answers 409: enroll locally).
+    ``app.state.refusal_gate`` is the refusal limit's
+    :class:`~fedshield.transport._server_envelope.RefusalGate`: whoever serves the app
+    runs its :meth:`~fedshield.transport._server_envelope.RefusalGate.run` and calls
+    :meth:`~fedshield.transport._server_envelope.RefusalGate.drain` at the end, as
+    :func:`serve` does, or suppressed refusals are never summarized.
     """
     coordinator = service.coordinator
     limit = service.config.transport.max_payload_bytes
