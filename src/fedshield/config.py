@@ -20,7 +20,9 @@ and unknown keys are errors (a typo must not silently fall back to a default)::
                    sampling_rate, accountant, planned_rounds
     [coordinator]  host, port, hosts, long_poll_s
     [transport]    max_payload_bytes, request_timeout_s, max_retries, backoff_base_s,
-                   backoff_max_s, reconnect_timeout_s
+                   backoff_max_s, reconnect_timeout_s, envelope_window_s,
+                   refusals_per_minute, refusal_burst, refusal_summary_s,
+                   refusal_max_actors
     [access]       policy (custom roles, TOML; relative to this file), kits (extra kits:
                    [{name, role, organization}]), revocation_refresh_s
 
@@ -427,6 +429,17 @@ class TransportConfig(_Section):
     envelope_window_s: float = Field(default=120.0, ge=5.0, le=_HOUR_S)
     """How far a signed message's timestamp may be from the coordinator's clock, either
     way; nonces are remembered this long (see docs/messages.md)."""
+    refusals_per_minute: float = Field(default=60.0, gt=0.0, le=60_000.0)
+    """How fast a caller's refusal budget refills: refused requests (access denials,
+    refused envelopes) per minute that are audited one by one (see docs/access.md)."""
+    refusal_burst: int = Field(default=60, ge=1, le=10_000)
+    """Refused requests of one caller audited back to back before the rest are only
+    counted (answered 429) and summarized."""
+    refusal_summary_s: float = Field(default=60.0, ge=1.0, le=_HOUR_S)
+    """Longest time a caller's suppressed refusals wait for their summary audit entry."""
+    refusal_max_actors: int = Field(default=4096, ge=16, le=1_000_000)
+    """Most callers whose refusals are limited each on its own; past it, new callers
+    share one budget (memory stays bounded; minting callers does not evade the limit)."""
 
 
 class AccessKit(_Section):

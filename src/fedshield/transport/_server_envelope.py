@@ -12,7 +12,9 @@ endpoint unless the whole body hashes to what the envelope signed.
 
 Every reply leaving the API, refusals included, is signed by the coordinator and bound
 to the request's nonce. Every refusal here is a JSON ``{"error", "hint"}`` with a 4xx
-status and an audit event (``message.rejected``, with a short reason code).
+status and an audit event (``message.rejected``, with a short reason code), as long as
+its caller is under the refusal limit (:class:`RefusalGate`, shared with the access
+check): over it the answer is 429 and the refusal is counted in a summary entry instead.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
@@ -50,8 +53,9 @@ from fedshield.transport.envelope import (
     seal,
 )
 from fedshield.transport.messages import ErrorBody
+from fedshield.transport.ratelimit import RefusalLimiter, SuppressedSummary, Verdict
 
-__all__ = ["AuditRejection", "EnvelopeGuard", "EnvelopeMiddleware"]
+__all__ = ["AuditRejection", "AuditWrite", "EnvelopeGuard", "EnvelopeMiddleware", "RefusalGate"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -60,12 +64,116 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 AuditRejection = Callable[[str, str, str, dict[str, Any]], None]
 """``(actor, resource, reason, details)``: record a refusal (a durable write; blocking)."""
+AuditWrite = Callable[[str, str, str, str, dict[str, Any]], None]
+"""``(actor, action, resource, outcome, details)``: one durable audit entry (blocking)."""
+LIMITED_STATUS = 429
+LIMITED_MESSAGE = "too many refused requests from this caller"
+LIMITED_HINT = (
+    "Fix what the earlier refusals said before retrying; refused requests are limited per caller."
+)
 
 SCOPE_ENVELOPE = "fedshield.envelope"
 """Where the verified :class:`RequestEnvelope` is put in ``scope["extensions"]``."""
 _HEADER = ENVELOPE_HEADER.encode("ascii")
 _MAX_CERTS = 1024
 _log = logging.getLogger(__name__)
+
+
+def peer_actor(scope: Scope) -> str:
+    """Return the actor of a caller without a certificate identity: its peer address."""
+    client = scope.get("client")
+    host = str(client[0]) if client else "unknown"
+    return f"peer:{host[:64]}"
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
+class RefusalGate:
+    """The refusal limit of the whole API (see :mod:`fedshield.transport.ratelimit`).
+
+    Every refusal path asks :meth:`admit` before it writes its own audit entry. This
+    class writes what the limiter decides instead: one ``access.rate_limited`` entry
+    when a caller's window opens, and one ``access.refusals_suppressed`` entry (actor,
+    count, window, first/last time, reason codes: metadata only) when it closes.
+    :meth:`run` closes windows as they fall due; :meth:`drain` closes the rest at
+    shutdown. Called from the event loop only (the limiter is not thread-safe).
+    """
+
+    def __init__(
+        self,
+        limiter: RefusalLimiter,
+        write: AuditWrite,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.limiter = limiter
+        self.write = write
+        self.clock = clock
+
+    async def admit(self, actor: str, reason: str, resource: str) -> bool:
+        """Return whether this refusal is audited as always; False: answer 429.
+
+        Raises
+        ------
+        FedshieldError
+            If the marker of a newly opened window cannot be written.
+        """
+        verdict = self.limiter.admit(actor, reason, now_s=self.clock())
+        if verdict is Verdict.AUDIT:
+            return True
+        if verdict is Verdict.LIMIT_FIRST:
+            limits = self.limiter.limits
+            details: dict[str, Any] = {
+                "reason": reason[:64],
+                "bucket": self.limiter.key_of(actor),
+                "refusals_per_minute": limits.per_minute,
+                "burst": limits.burst,
+                "summary_s": limits.summary_s,
+            }
+            await asyncio.to_thread(
+                self.write, actor, "access.rate_limited", resource[:300], "limited", details
+            )
+        return False
+
+    def _write_summary(self, summary: SuppressedSummary) -> None:
+        self.write(
+            summary.actor,
+            "access.refusals_suppressed",
+            "refusals",
+            "suppressed",
+            {
+                "count": summary.count,
+                "window_start": _iso(summary.opened_s),
+                "window_end": _iso(summary.closed_s),
+                "first": _iso(summary.first_s),
+                "last": _iso(summary.last_s),
+                "reasons": dict(summary.reasons),
+            },
+        )
+
+    async def flush(self) -> None:
+        """Write the summary of every window that is over."""
+        for summary in self.limiter.due(now_s=self.clock()):
+            await asyncio.to_thread(self._write_summary, summary)
+
+    async def run(self, *, every_s: float = 1.0) -> None:
+        """Flush every ``every_s`` until cancelled (a failed write is logged, retried never)."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.flush()
+            except FedshieldError:
+                _log.exception("cannot record a summary of suppressed refusals")
+
+    def drain(self) -> None:
+        """Write the summary of every open window now (blocking; at shutdown)."""
+        for summary in self.limiter.drain(now_s=self.clock()):
+            try:
+                self._write_summary(summary)
+            except FedshieldError:
+                _log.exception("cannot record a summary of suppressed refusals")
 
 
 class _BodyMismatch(Exception):
@@ -296,15 +404,20 @@ class _Reply:
 class EnvelopeMiddleware:
     """Verify every request's envelope and sign every reply (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, guard: EnvelopeGuard) -> None:
+    def __init__(self, app: ASGIApp, guard: EnvelopeGuard, gate: RefusalGate | None = None) -> None:
         self.app = app
         self.guard = guard
+        self.gate = gate
 
     async def _refuse(self, reply: _Reply, actor: str, exc: EnvelopeRejected) -> None:
         details: dict[str, Any] = {"reason": exc.reason, "status": exc.status}
         method, path, _, _ = _target(reply.scope)
         resource = f"{method} {path}"[:300]
+        key = actor if actor != "unknown" else peer_actor(reply.scope)
         try:
+            if self.gate is not None and not await self.gate.admit(key, exc.reason, resource):
+                await reply.json(LIMITED_STATUS, _error_body(LIMITED_MESSAGE, LIMITED_HINT))
+                return
             await asyncio.to_thread(self.guard.audit, actor, resource, exc.reason, details)
         except FedshieldError:
             _log.exception("cannot record a refused message")

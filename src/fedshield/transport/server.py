@@ -39,7 +39,10 @@ Before the policy, every request's certificate is checked against the revocation
 (:class:`~fedshield.storage.identity.RevocationCache`) and its expiry: a revoked or
 expired certificate gets 403 whatever its role. Denials, and the allows that
 :class:`~fedshield.policy.DecisionLog` selects, are audit entries
-(``access.deny`` / ``access.allow``).
+(``access.deny`` / ``access.allow``). Denials and refused envelopes share one limit per
+caller (:class:`~fedshield.transport._server_envelope.RefusalGate`, ``[transport]
+refusals_per_minute`` and ``refusal_burst``): past it a refusal is answered 429 and
+counted in an ``access.refusals_suppressed`` summary entry instead of its own entry.
 
 Request bodies are read with a byte limit before they are parsed; errors are JSON
 ``{"error", "hint"}`` bodies with 4xx codes and never echo internals.
@@ -93,7 +96,15 @@ from fedshield.storage.audit import AuditLog
 from fedshield.storage.enrollment import EnrollmentRecord
 from fedshield.storage.identity import RevocationRecord
 from fedshield.tensors import decode, encode
-from fedshield.transport._server_envelope import EnvelopeGuard, EnvelopeMiddleware
+from fedshield.transport._server_envelope import (
+    LIMITED_HINT,
+    LIMITED_MESSAGE,
+    LIMITED_STATUS,
+    EnvelopeGuard,
+    EnvelopeMiddleware,
+    RefusalGate,
+    peer_actor,
+)
 from fedshield.transport.messages import (
     META_HEADER,
     SECAGG_STAGES,
@@ -103,6 +114,7 @@ from fedshield.transport.messages import (
     FitMeta,
     SecAggRefusal,
 )
+from fedshield.transport.ratelimit import RefusalLimiter, RefusalLimits
 
 __all__ = ["create_app", "serve"]
 
@@ -197,11 +209,12 @@ def _error(status: int, message: str, hint: str = "") -> JSONResponse:
 class _Access:
     """The access check of every endpoint: identity, revocation, expiry, policy, audit."""
 
-    def __init__(self, service: CoordinatorService) -> None:
+    def __init__(self, service: CoordinatorService, gate: RefusalGate | None = None) -> None:
         self.service = service
         self.policy = service.policy
         self.decisions = DecisionLog()
         self.events = service.coordinator.events
+        self.gate = gate
 
     def _record(
         self,
@@ -241,8 +254,18 @@ class _Access:
         permission: Permission,
         identity: Identity | None,
         hint: str = "",
+        code: str = "denied",
     ) -> _Refused:
-        """Audit a denial; return the refusal to raise."""
+        """Audit a denial; return the refusal to raise.
+
+        Over the caller's refusal limit the denial is only counted (``code`` is what its
+        summary entry calls it) and the refusal to raise is a 429.
+        """
+        actor = identity.name if identity else peer_actor(request.scope)
+        route = request.scope.get("route")
+        resource = f"{request.method} {getattr(route, 'path', request.url.path)}"
+        if self.gate is not None and not await self.gate.admit(actor, code, resource):
+            return _Refused(LIMITED_STATUS, LIMITED_MESSAGE, LIMITED_HINT)
         await asyncio.to_thread(
             functools.partial(
                 self._record,
@@ -273,6 +296,7 @@ class _Access:
                 "the client certificate carries no fedshield identity",
                 permission=permission,
                 identity=None,
+                code="no_identity",
             ) from exc
         revoked = await asyncio.to_thread(
             self.service.revocations.revoked, identity.name, identity.fingerprint_sha256
@@ -287,6 +311,7 @@ class _Access:
                 permission=permission,
                 identity=identity,
                 hint="Ask the federation's admin; a revoked identity is not re-admitted.",
+                code="revoked",
             )
         now = utcnow()
         if now > identity.not_after:
@@ -298,6 +323,7 @@ class _Access:
                 permission=permission,
                 identity=identity,
                 hint="Ask the federation's admin for a new kit.",
+                code="expired",
             )
         decision = self.policy.decide(identity.role, permission)
         route = request.scope.get("route")
@@ -311,7 +337,12 @@ class _Access:
         ):
             if not decision.allowed:
                 raise await self.deny(
-                    request, 403, decision.reason, permission=permission, identity=identity
+                    request,
+                    403,
+                    decision.reason,
+                    permission=permission,
+                    identity=identity,
+                    code="policy",
                 )
             await asyncio.to_thread(
                 functools.partial(
@@ -343,6 +374,24 @@ async def _read_body(request: Request, *, limit: int) -> bytes:
     return bytes(body)
 
 
+def _audit_write(
+    service: CoordinatorService,
+    actor: str,
+    action: str,
+    resource: str,
+    outcome: str,
+    details: dict[str, Any],
+) -> None:
+    service.coordinator.events.record(
+        actor=actor,
+        action=action,
+        resource=resource,
+        outcome=outcome,
+        details=details,
+        now=utcnow(),
+    )
+
+
 def create_app(
     service: CoordinatorService,
     *,
@@ -354,6 +403,11 @@ def create_app(
     ``clock`` (seconds since the epoch) is what message timestamps are checked against.
     ``ca_cert`` is the federation CA that TLS trusts; an enrollment's certificate must
     be issued by it (without it the enroll endpoint answers 409: enroll locally).
+    ``app.state.refusal_gate`` is the refusal limit's
+    :class:`~fedshield.transport._server_envelope.RefusalGate`: whoever serves the app
+    runs its :meth:`~fedshield.transport._server_envelope.RefusalGate.run` and calls
+    :meth:`~fedshield.transport._server_envelope.RefusalGate.drain` at the end, as
+    :func:`serve` does, or suppressed refusals are never summarized.
     """
     coordinator = service.coordinator
     limit = service.config.transport.max_payload_bytes
@@ -369,7 +423,22 @@ def create_app(
     uploading: set[str] = set()
     long_poll_s = service.config.coordinator.long_poll_s
     app = FastAPI(title="fedshield coordinator", docs_url=None, redoc_url=None, openapi_url=None)
-    access = _Access(service)
+    transport = service.config.transport
+    gate = RefusalGate(
+        RefusalLimiter(
+            RefusalLimits(
+                per_minute=transport.refusals_per_minute,
+                burst=transport.refusal_burst,
+                summary_s=transport.refusal_summary_s,
+                max_actors=transport.refusal_max_actors,
+            )
+        ),
+        functools.partial(_audit_write, service),
+        clock=clock,
+    )
+    # serve() flushes the gate's summaries while it runs and drains them at shutdown.
+    app.state.refusal_gate = gate
+    access = _Access(service, gate)
     admin = Administration(
         coordinator.db, config=service.config, models_dir=coordinator.workdir / "models"
     )
@@ -385,6 +454,7 @@ def create_app(
             peer_key=_SCOPE_KEY,
             clock=clock,
         ),
+        gate=gate,
     )
 
     @app.exception_handler(_Refused)
@@ -411,6 +481,7 @@ def create_app(
                 f"{identity.name!r} is not a participant enrolled in this federation",
                 permission=wanted,
                 identity=identity,
+                code="not_enrolled",
             )
         if service.secure is not None:
             service.secure.saw(identity.name, request.scope["extensions"][_SCOPE_KEY])
@@ -466,6 +537,7 @@ def create_app(
                     f"{identity.name!r} is not a participant enrolled in this federation",
                     permission=_MODELS_READ,
                     identity=identity,
+                    code="not_enrolled",
                 )
             service.touch(identity.name)
         data = await asyncio.to_thread(service.model_bytes, sha3)
@@ -856,12 +928,17 @@ def serve(
         driver = asyncio.create_task(service.drive(stop))
         # A driver that dies (say, the database disappears) must stop the server too.
         driver.add_done_callback(lambda _: stop())
+        gate: RefusalGate = app.state.refusal_gate
+        summaries = asyncio.create_task(gate.run())
         try:
             await server.serve(sockets=[sock])
         finally:
+            summaries.cancel()
             if not driver.done():
                 driver.cancel()
-            await asyncio.gather(driver, return_exceptions=True)
+            await asyncio.gather(driver, summaries, return_exceptions=True)
+            # Nothing suppressed goes unrecorded: open windows are summarized now.
+            await asyncio.to_thread(gate.drain)
         if not driver.cancelled() and driver.exception() is not None:
             raise driver.exception()  # type: ignore[misc]
 
