@@ -47,7 +47,7 @@ from fedshield.transport.messages import (
     TaskMessage,
 )
 
-__all__ = ["CoordinatorClient", "Credentials", "EnvelopeAuth", "RejectedError"]
+__all__ = ["CoordinatorClient", "Credentials", "EnvelopeAuth", "RejectedError", "parse_receipt"]
 
 _RETRY_STATUS = frozenset({502, 503, 504})
 
@@ -70,6 +70,23 @@ def _is_tls_failure(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def parse_receipt(body: bytes, *, round_number: int) -> Receipt:
+    """Read the receipt JSON a coordinator sent (not yet verified).
+
+    Raises
+    ------
+    ProtocolError
+        If ``body`` is not a receipt's JSON.
+    """
+    try:
+        return Receipt.from_json(json.loads(body))
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(
+            f"the coordinator sent a malformed receipt for round {round_number}",
+            hint="Tell the federation's admin; the receipt was not kept.",
+        ) from exc
 
 
 class CoordinatorClient:
@@ -392,13 +409,7 @@ class CoordinatorClient:
         response = self._request(
             "GET", f"/v1/rounds/{round_number}/receipt", max_retries=max_retries
         )
-        try:
-            return Receipt.from_json(json.loads(response.content))
-        except (ValueError, RecursionError) as exc:
-            raise ProtocolError(
-                f"the coordinator sent a malformed receipt for round {round_number}",
-                hint="Tell the federation's admin; the receipt was not kept.",
-            ) from exc
+        return parse_receipt(response.content, round_number=round_number)
 
     def status(self) -> dict[str, Any]:
         """Return the coordinator's status (admin or observer kits)."""
