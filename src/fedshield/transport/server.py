@@ -671,7 +671,7 @@ def create_app(
             "Receipts exist once a round commits, for the participants whose update it "
             "included; ask again after the round commits, or ask the admin."
         )
-        if round_number < 1:
+        if not 1 <= round_number < 2**63:
             return _error(404, f"there is no round {round_number}", hint)
 
         def build() -> str:
