@@ -23,6 +23,7 @@ from fedshield.federation.receipts import (
     ReceiptStore,
     parse_audit_key,
 )
+from fedshield.policy import BUILTIN_ROLES, Permission
 from fedshield.storage import Database, EventLog
 from fedshield.storage.audit import AuditLog, sign_tree_head
 from fedshield.transport.client import RejectedError, parse_receipt
@@ -311,3 +312,10 @@ def test_the_client_turns_a_malformed_reply_into_a_protocol_error(body: bytes) -
 def test_the_client_reads_a_real_receipt_back(coord: Path) -> None:
     receipt = issue(coord, "a", 2)
     assert parse_receipt(json.dumps(receipt.to_json()).encode(), round_number=2) == receipt
+
+
+def test_only_the_participant_role_may_read_receipts() -> None:
+    holders = {
+        role for role, perms in BUILTIN_ROLES.items() if Permission("receipts", "read") in perms
+    }
+    assert holders == {"participant"}
