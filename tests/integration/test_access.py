@@ -384,7 +384,7 @@ description = "reads the privacy ledger and the audit log for the DPO"
 permissions = ["health:read", "status:read", "audit:read", "privacy_ledger:read"]
 """
 STAFF = {"auditor-1": "auditor", "watcher": "observer", "steward": "data-steward"}
-PARTICIPANT_ONLY = {"rounds", "updates"}  # endpoints that also need an enrolled name
+PARTICIPANT_ONLY = {"rounds", "updates", "receipts"}  # endpoints that also need an enrolled name
 
 
 def _endpoints(head_sha3: str, role: str) -> list[tuple[str, str, str, dict[str, Any]]]:
@@ -400,6 +400,7 @@ def _endpoints(head_sha3: str, role: str) -> list[tuple[str, str, str, dict[str,
         ("POST", "/v1/rounds/1/secagg/report", "updates:write", {"content": b"{}"}),
         ("POST", "/v1/rounds/1/secagg/refuse", "updates:write", {"params": {"attempt": 1}}),
         ("POST", "/v1/rounds/1/secagg/advertise", "updates:write", {"params": {"attempt": 1}}),
+        ("GET", "/v1/rounds/1/receipt", "receipts:read", {}),
         ("GET", "/v1/status", "status:read", {}),
         ("GET", "/v1/participants", "participants:read", {}),
         (
@@ -489,6 +490,7 @@ def test_rbac_matrix_every_endpoint_and_every_role(
     assert outcomes[("auditor", "GET /v1/audit/export")] == 200
     assert outcomes[("participant", f"GET /v1/models/{head}")] == 200
     assert outcomes[("participant", "GET /v1/task")] == 204
+    assert outcomes[("participant", "GET /v1/rounds/1/receipt")] == 404  # nothing committed
     assert outcomes[("auditor", f"GET /v1/models/{head}")] == 403  # never model weights
 
     # A participant certificate the federation CA issued for a name that was never
@@ -501,7 +503,7 @@ def test_rbac_matrix_every_endpoint_and_every_role(
         trust_env=False,
         timeout=15.0,
     ) as http:
-        for path in (f"/v1/models/{head}", "/v1/task"):
+        for path in (f"/v1/models/{head}", "/v1/task", "/v1/rounds/1/receipt"):
             reply = http.get(path, params={"wait_s": 0} if path == "/v1/task" else None)
             assert reply.status_code == 403, (path, reply.text)
             assert "not a participant enrolled" in reply.json()["error"], reply.text

@@ -16,6 +16,11 @@ site over its budget is declined with the reason (the coordinator counts a dropo
 the agent says so, stays connected (it may still be asked to evaluate, which costs
 no training privacy) and ends with the federation like any other site.
 
+After each committed round it contributed to, the site fetches its audit receipt,
+verifies it offline under the pinned audit key and keeps it in ``<kit>/receipts/``
+(:mod:`fedshield.federation.receipts`); a receipt that fails is reported, never kept,
+and never stops training.
+
 Masking is the site's decision too (docs/masking.md): its CSV is masked with its own
 policy (``[data] masking_policy`` or ``<csv_dir>/<name>.masking.toml``) and its
 pseudonym key (``masking.key`` in the kit, created 0600 on first use) before the task
@@ -38,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedshield.config import DataConfig, PrivacyConfig, TransportConfig
 from fedshield.errors import (
@@ -52,6 +57,12 @@ from fedshield.errors import (
 from fedshield.federation.coordinator import data_spec, utcnow
 from fedshield.federation.participant import LocalTrainer, train_config_of
 from fedshield.federation.privacy_ledger import LEDGER_FILE, PrivacyLedgerFile, SitePrivacy
+from fedshield.federation.receipts import (
+    RECEIPTS_DIR,
+    ReceiptCollector,
+    ReceiptStore,
+    parse_audit_key,
+)
 from fedshield.federation.secure_agent import SecureSession, SpentLedger
 from fedshield.identity import Kit, client_ssl_context, load_certificate
 from fedshield.masking.site import KIT_KEY_FILE
@@ -100,6 +111,20 @@ class ParticipantSection(BaseModel):
     min_participant_noise: float | None = Field(default=None, gt=0.0, le=1e6)
     """Participant-level DP with local or distributed noise: the smallest noise
     multiplier this site adds (a coordinator that asks for less is refused)."""
+    audit_public_key: str | None = None
+    """The coordinator's audit public key (64 hex characters, its ``audit.pub``) that
+    this site's receipts must verify under; unset: pinned on first use
+    (:mod:`fedshield.federation.receipts`)."""
+
+    @field_validator("audit_public_key")
+    @classmethod
+    def _audit_key(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_audit_key(value, source="audit_public_key")
+            except ConfigError as exc:
+                raise ValueError(exc.message) from exc
+        return value
 
 
 class ParticipantFile(BaseModel):
@@ -195,6 +220,17 @@ def run_agent(
     signing_key = kit.signing_key()
     ca_cert = load_certificate(kit.ca_path)
     spent = SpentLedger(kit.dir / SPENT_FILE)
+    receipts = ReceiptCollector(
+        ReceiptStore(
+            kit.dir / RECEIPTS_DIR,
+            participant=me.name,
+            federation=me.federation,
+            pinned_key=me.audit_public_key,
+        ),
+        # Few retries: a receipt is never worth holding up a round (it is asked again).
+        lambda number: client.receipt(number, max_retries=2),
+        say,
+    )
     with client:
         for _ in range(max_polls):
             task = client.next_task(wait_s=me.long_poll_s)
@@ -205,6 +241,11 @@ def run_agent(
                     f"coordinator speaks for federation {task.federation!r}, "
                     f"this kit belongs to {me.federation!r}"
                 )
+            if task.kind in ("finished", "failed"):
+                receipts.collect(before=None)
+            elif task.round is not None:
+                # A task of round R means every earlier round committed.
+                receipts.collect(before=task.round)
             if task.kind == "finished":
                 say("federation finished")
                 return AgentResult(trained, evaluated, "finished", refused)
@@ -276,6 +317,8 @@ def run_agent(
                         min_participants=me.secure_min_participants,
                         model_sha3=outcome.model_sha3,
                     )
+                if task.kind == "fit" and task.round is not None:
+                    receipts.contributed(task.round)
                 trained += task.kind == "fit"
                 evaluated += task.kind == "evaluate"
             except RejectedError as exc:

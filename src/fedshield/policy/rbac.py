@@ -16,7 +16,8 @@ admin           manage participants (enroll, revoke, quarantine, release), roll 
                 privacy ledger and the config; never trains or submits updates
 coordinator     health and status (the coordinator's own certificate)
 participant     fetch the global model, long-poll for its tasks, submit its own update
-                and evaluation (the name comes from its certificate: never another's)
+                and evaluation, fetch its own audit receipts (the name comes from its
+                certificate: never another's)
 auditor         the audit log, compliance evidence, the privacy ledger and status;
                 never model weights or updates
 observer        health and status
@@ -63,6 +64,7 @@ RESOURCES: tuple[str, ...] = (
     "participants",
     "privacy_ledger",
     "config",
+    "receipts",
 )
 """Every resource a permission can name."""
 
@@ -154,7 +156,12 @@ BUILTIN_ROLES: Mapping[str, frozenset[Permission]] = MappingProxyType(
         ),
         "coordinator": _perms("health:read", "status:read"),
         "participant": _perms(
-            "health:read", "rounds:read", "rounds:write", "models:read", "updates:write"
+            "health:read",
+            "rounds:read",
+            "rounds:write",
+            "models:read",
+            "updates:write",
+            "receipts:read",
         ),
         "auditor": _perms(
             "health:read", "status:read", "audit:read", "compliance:read", "privacy_ledger:read"

@@ -19,6 +19,7 @@ its (federation, round, SHA3, version) and the bytes hash to that SHA3
 
 from __future__ import annotations
 
+import json
 import random
 import ssl
 import time
@@ -30,6 +31,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
+from fedshield.audit import Receipt
 from fedshield.errors import ConfigError, IdentityError, PayloadError, ProtocolError, TransportError
 from fedshield.identity import Kit, client_ssl_context
 from fedshield.tensors import Layout, Weights, decode, encode, weights_sha3
@@ -45,7 +47,7 @@ from fedshield.transport.messages import (
     TaskMessage,
 )
 
-__all__ = ["CoordinatorClient", "Credentials", "EnvelopeAuth", "RejectedError"]
+__all__ = ["CoordinatorClient", "Credentials", "EnvelopeAuth", "RejectedError", "parse_receipt"]
 
 _RETRY_STATUS = frozenset({502, 503, 504})
 
@@ -68,6 +70,23 @@ def _is_tls_failure(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def parse_receipt(body: bytes, *, round_number: int) -> Receipt:
+    """Read the receipt JSON a coordinator sent (not yet verified).
+
+    Raises
+    ------
+    ProtocolError
+        If ``body`` is not a receipt's JSON.
+    """
+    try:
+        return Receipt.from_json(json.loads(body))
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(
+            f"the coordinator sent a malformed receipt for round {round_number}",
+            hint="Tell the federation's admin; the receipt was not kept.",
+        ) from exc
 
 
 class CoordinatorClient:
@@ -156,7 +175,9 @@ class CoordinatorClient:
         params: Mapping[str, Any] | None = None,
         timeout_s: float | None = None,
         reconnect: bool = False,
+        max_retries: int | None = None,
     ) -> httpx.Response:
+        retries = self.max_retries if max_retries is None else max_retries
         attempt = 0
         dropped_after_handshake = 0
         while True:
@@ -194,7 +215,7 @@ class CoordinatorClient:
                     return response
                 failure = f"HTTP {response.status_code}"
             attempt += 1
-            out_of_retries = attempt > self.max_retries
+            out_of_retries = attempt > retries
             never_accepted = not self._ever_ok and dropped_after_handshake == attempt
             if never_accepted and out_of_retries:
                 # The coordinator accepted TCP, finished TLS and hung up every time, and
@@ -370,6 +391,25 @@ class CoordinatorClient:
             headers={"content-type": "application/json"},
             reconnect=True,
         )
+
+    def receipt(self, round_number: int, *, max_retries: int | None = None) -> Receipt:
+        """Return this participant's audit receipt for committed ``round_number``, unverified.
+
+        The coordinator picks the participant from our certificate. Check the receipt
+        with :func:`~fedshield.audit.verify_receipt` under a key you trust before relying
+        on it (:class:`~fedshield.federation.receipts.ReceiptStore` does).
+
+        Raises
+        ------
+        RejectedError
+            404 if the round has no receipt for us (not committed, or we were not in it).
+        ProtocolError
+            If the reply is not a receipt.
+        """
+        response = self._request(
+            "GET", f"/v1/rounds/{round_number}/receipt", max_retries=max_retries
+        )
+        return parse_receipt(response.content, round_number=round_number)
 
     def status(self) -> dict[str, Any]:
         """Return the coordinator's status (admin or observer kits)."""

@@ -18,6 +18,7 @@ Endpoints (all under ``/v1``)::
     POST /rounds/{round}/secagg/refuse participant     JSON SecAggRefusal (?attempt=A)
     POST /rounds/{round}/secagg/{stage} participant    a SecAgg+ stage message (?attempt=A):
                                                        JSON, raw ring bytes for ``masked``
+    GET  /rounds/{round}/receipt       participant     the caller's own audit receipt (JSON)
     GET  /status                       status:read     round progress and history
     GET  /participants                 participants:read       list with status
     POST /participants/{name}/enroll   participants:enroll     JSON {"certificate", "organization"?}
@@ -32,9 +33,11 @@ Every endpoint needs one permission (``resource:action``) of the caller's role, 
 certificate ``OU``, in the federation's access policy (:mod:`fedshield.policy`; deny by
 default): ``health:read`` for health, ``rounds:read`` for the task long-poll,
 ``models:read`` for the model, ``updates:write`` for updates and SecAgg+ messages,
-``rounds:write`` for evaluations and declines. Participant endpoints also need the
-name to be enrolled: listed in the config, or enrolled since (the ``enrollments``
-table, re-read like the revocation list; see :mod:`fedshield.federation.admin`).
+``rounds:write`` for evaluations and declines, ``receipts:read`` for a receipt (always
+the caller's own: the name comes from its certificate, never from the request).
+Participant endpoints also need the name to be enrolled: listed in the config, or
+enrolled since (the ``enrollments`` table, re-read like the revocation list; see
+:mod:`fedshield.federation.admin`).
 Before the policy, every request's certificate is checked against the revocation list
 (:class:`~fedshield.storage.identity.RevocationCache`) and its expiry: a revoked or
 expired certificate gets 403 whatever its role. Denials, and the allows that
@@ -76,6 +79,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from fedshield.errors import (
+    AuditError,
     ConfigError,
     FedshieldError,
     IdentityError,
@@ -730,6 +734,33 @@ def create_app(
             relay.receive(name, stage, data)  # a refused message takes its sender out
 
         return accepted(receive)
+
+    @app.get("/v1/rounds/{round_number}/receipt")
+    async def receipt(request: Request, round_number: int) -> Response:
+        # Only the caller's own: the certificate names the participant, nothing else does.
+        name = await participant(request, "receipts:read")
+        hint = (
+            "Receipts exist once a round commits, for the participants whose update it "
+            "included; ask again after the round commits, or ask the admin."
+        )
+        if not 1 <= round_number < 2**63:
+            return _error(404, f"there is no round {round_number}", hint)
+
+        def build() -> str:
+            return json.dumps(AuditLog(coordinator.db).receipt(name, round_number).to_json())
+
+        try:
+            text = await asyncio.to_thread(build)
+        except NotFoundError as exc:
+            return _error(404, exc.message, hint)
+        except AuditError:
+            return _error(
+                500,
+                f"the coordinator cannot issue the receipt of round {round_number}: its audit "
+                "log does not reproduce the signed tree head",
+                "Tell the federation's admin: fedshield audit verify --workdir W.",
+            )
+        return Response(text, media_type="application/json")
 
     @app.get("/v1/status")
     async def status(request: Request) -> dict[str, Any]:
