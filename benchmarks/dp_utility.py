@@ -135,7 +135,7 @@ import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from fedshield.config import FederationConfig, load_config, parse_config
-from fedshield.errors import TaskError
+from fedshield.errors import ConfigError, TaskError
 from fedshield.federation.coordinator import Report, data_spec
 from fedshield.federation.participant import train_config_of
 from fedshield.federation.privacy_ledger import PrivacyLedgerFile
@@ -942,9 +942,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.perf_counter()
     config = base_config(args)
-    # The non-private runs first (the config's task and the DP runs' --task): every gap
-    # is measured against the better of them.
     finite = sorted(e for e in args.epsilons if not math.isinf(e))
+    for epsilon in finite:
+        # Every DP config is checked here (with a stand-in noise multiplier), so a
+        # setting fedshield refuses (a learning rate above its limit, say) is a usage
+        # error now, not a failure in a worker halfway through the runs.
+        try:
+            run_config(config, epsilon, 1.0, args)
+        except ConfigError as exc:
+            parser.error(f"the DP settings at epsilon {label(epsilon)}: {exc.message}")
     # The goal's runs first (the config's model without DP and epsilon 8, every seed),
     # then the rest: on a busy machine the rows that decide the goal are done soonest.
     plan: Plan = []

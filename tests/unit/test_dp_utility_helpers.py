@@ -116,3 +116,15 @@ def test_a_mean_with_a_missing_accuracy_has_none(bench: ModuleType) -> None:
     (mean,) = bench.mean_rows(runs)
     assert mean["final_accuracy"] is None and mean["final_accuracy_min"] is None
     assert mean["validation_accuracy"] == pytest.approx(0.92)
+
+
+def test_a_dp_setting_fedshield_refuses_is_a_usage_error_before_any_run(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # [task] learning_rate is capped at 10: refused up front, not in a worker mid-way.
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--tune", "--epsilons", "8", "--dp-learning-rates", "8:40"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "the DP settings at epsilon 8" in err and "learning_rate" in err
+    assert "Traceback" not in err
