@@ -33,7 +33,12 @@ def test_quick_dp_utility_writes_json_lines_a_json_file_and_a_png(tmp_path: Path
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     document = json.loads(json_path.read_text())
     # stdout and the file carry the same rows.
-    assert lines == [*document["runs"], *document["overhead"], document["summary"]]
+    assert lines == [
+        *document["runs"],
+        *document["means"],
+        *document["overhead"],
+        document["summary"],
+    ]
 
     runs = document["runs"]
     # Two non-private runs (the config's model and the DP runs' one), then one per epsilon.
@@ -73,13 +78,27 @@ def test_quick_dp_utility_writes_json_lines_a_json_file_and_a_png(tmp_path: Path
         assert row["model_parameters"] == 18_378  # the MNIST CNN
         assert row["records"] > 0 and row["batch_size"] > 0
 
+    # --quick runs one seed: each mean row is its one run.
+    means = document["means"]
+    assert len(means) == len(runs)
+    for mean in means:
+        (run,) = (
+            r
+            for r in runs
+            if r["epsilon_target"] == mean["epsilon_target"] and r["task"] == mean["task"]
+        )
+        assert mean["seeds"] == [run["seed"]] == [11]
+        assert mean["final_accuracy"] == run["final_accuracy"]
+        assert mean["validation_gap_points"] == pytest.approx(run["validation_gap_points"])
+
     summary = document["summary"]
     assert summary["kind"] == "summary"
+    assert summary["seeds"] == [11]
     assert summary["quick"] is True
     assert summary["tune"] is False
     assert summary["settings_chosen_on"].startswith("validation")
     assert isinstance(summary["goal_eps8_within_5_points_met"], bool)
-    gap = next(r for r in runs if r["epsilon_target"] == 8.0)["accuracy_gap_points"]
+    gap = next(r for r in means if r["epsilon_target"] == 8.0)["accuracy_gap_points"]
     assert summary["goal_eps8_within_5_points_met"] == (gap <= 5.0)
     assert summary["every_budget_kept"] is True
 

@@ -67,3 +67,64 @@ def test_tuning_reports_the_validation_split_and_never_the_test_one(bench: Modul
     bench.add_gaps(runs)
     assert runs[1]["accuracy_gap_points"] is None
     assert runs[1]["validation_gap_points"] == pytest.approx(2.0)
+
+
+def _seeded(mode: str, task: str, seed: int, test: float, validation: float) -> dict[str, Any]:
+    return {
+        **_row(mode, task, test, validation),
+        "seed": seed,
+        "noise_multiplier": None if mode == "off" else 3.0,
+        "learning_rate": 4.0,
+        "rounds_completed": 60,
+        "epsilon_spent_max": None if mode == "off" else 7.99,
+        "epsilon_spent_ledger_max": None if mode == "off" else 7.99,
+    }
+
+
+def test_seed_means_set_the_reference_and_every_gap(bench: ModuleType) -> None:
+    runs = [
+        _seeded("off", "mnist", 11, test=0.96, validation=0.97),
+        _seeded("off", "mnist", 12, test=0.98, validation=0.95),
+        _seeded("sample", "mnist_tanh", 11, test=0.90, validation=0.93),
+        _seeded("sample", "mnist_tanh", 12, test=0.92, validation=0.91),
+    ]
+    means = bench.mean_rows(runs)
+    assert [(m["task"], m["seeds"]) for m in means] == [
+        ("mnist", [11, 12]),
+        ("mnist_tanh", [11, 12]),
+    ]
+    off, dp = means
+    assert off["final_accuracy"] == pytest.approx(0.97)
+    assert (off["final_accuracy_min"], off["final_accuracy_max"]) == (0.96, 0.98)
+    assert dp["validation_accuracy"] == pytest.approx(0.92)
+    assert dp["validation_accuracy_std"] == pytest.approx(0.0141421, rel=1e-4)
+    bench.add_gaps(means)
+    bench.add_gaps(runs, reference_rows=means)
+    # Gaps between means: 0.97 - 0.91 on test, 0.96 - 0.92 on validation.
+    assert dp["accuracy_gap_points"] == pytest.approx(6.0)
+    assert dp["validation_gap_points"] == pytest.approx(4.0)
+    # A single run is measured against the best mean, not against the best single run.
+    assert runs[1]["accuracy_gap_points"] == pytest.approx(-1.0)
+    assert runs[3]["accuracy_gap_points"] == pytest.approx(5.0)
+
+
+def test_a_mean_with_a_missing_accuracy_has_none(bench: ModuleType) -> None:
+    runs = [
+        _seeded("sample", "mnist_tanh", 11, test=0.90, validation=0.93),
+        {**_seeded("sample", "mnist_tanh", 12, test=0.9, validation=0.91), "final_accuracy": None},
+    ]
+    (mean,) = bench.mean_rows(runs)
+    assert mean["final_accuracy"] is None and mean["final_accuracy_min"] is None
+    assert mean["validation_accuracy"] == pytest.approx(0.92)
+
+
+def test_a_dp_setting_fedshield_refuses_is_a_usage_error_before_any_run(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # [task] learning_rate is capped at 10: refused up front, not in a worker mid-way.
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--tune", "--epsilons", "8", "--dp-learning-rates", "8:40"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "the DP settings at epsilon 8" in err and "learning_rate" in err
+    assert "Traceback" not in err
