@@ -255,35 +255,11 @@ def test_a_revocation_written_by_the_cli_in_another_process_is_enforced(
     ]
 
 
-def _expired_kit(federation: Federation, name: str, out: Path) -> Path:
-    """Copy ``name``'s kit with a certificate from the federation CA that expired."""
-    source = federation.kits.participant_dirs[name]
-    shutil.copytree(source, out)
-    ca_dir = federation.kits.ca_cert_path.parent
-    ca_key = load_private_key(ca_dir / "ca.key")
-    ca_cert = load_certificate(federation.kits.ca_cert_path)
-    signing = ed25519.Ed25519PrivateKey.generate()
-    # Issued three days ago for one day: it expired two days ago (five minutes' skew).
-    key, cert = issue_certificate(
-        ca_key,  # type: ignore[arg-type]
-        ca_cert,
-        name=name,
-        organization=name,
-        role="participant",
-        now=THREE_DAYS_AGO,
-        valid_days=1,
-        signing_key=signing.public_key(),
-    )
-    write_certificate(out / "cert.pem", cert, overwrite=True)
-    write_private_key(out / "key.pem", key, overwrite=True)
-    write_private_key(out / "signing.key", signing, overwrite=True)
-    return out
-
-
-def _stranger_kit(federation: Federation, name: str, out: Path) -> Path:
-    """A participant kit with a valid certificate from the federation CA for ``name``,
-    a name the federation never enrolled (copied from a real kit, key and all new)."""
-    source = next(iter(federation.kits.participant_dirs.values()))
+def _reissued_kit(
+    federation: Federation, source: Path, name: str, out: Path, *, now: datetime, valid_days: int
+) -> Path:
+    """Copy the kit ``source`` to ``out`` with new keys and a certificate for ``name``
+    from the federation CA, issued at ``now`` for ``valid_days``."""
     shutil.copytree(source, out)
     ca_key = load_private_key(federation.kits.ca_cert_path.parent / "ca.key")
     ca_cert = load_certificate(federation.kits.ca_cert_path)
@@ -294,19 +270,34 @@ def _stranger_kit(federation: Federation, name: str, out: Path) -> Path:
         name=name,
         organization=name,
         role="participant",
-        now=datetime.now(UTC),
-        valid_days=30,
+        now=now,
+        valid_days=valid_days,
         signing_key=signing.public_key(),
     )
     write_certificate(out / "cert.pem", cert, overwrite=True)
     write_private_key(out / "key.pem", key, overwrite=True)
     write_private_key(out / "signing.key", signing, overwrite=True)
-    kit_toml = out / "kit.toml"
     source_name = Kit.load(source).name
-    kit_toml.write_text(
-        kit_toml.read_text().replace(f'"{source_name}"', f'"{name}"')  # name, organization
-    )
+    if source_name != name:
+        kit_toml = out / "kit.toml"
+        kit_toml.write_text(  # its name and organization
+            kit_toml.read_text().replace(f'"{source_name}"', f'"{name}"')
+        )
     return out
+
+
+def _expired_kit(federation: Federation, name: str, out: Path) -> Path:
+    """Copy ``name``'s kit with a certificate from the federation CA that expired."""
+    # Issued three days ago for one day: it expired two days ago (five minutes' skew).
+    source = federation.kits.participant_dirs[name]
+    return _reissued_kit(federation, source, name, out, now=THREE_DAYS_AGO, valid_days=1)
+
+
+def _stranger_kit(federation: Federation, name: str, out: Path) -> Path:
+    """A participant kit with a valid certificate from the federation CA for ``name``,
+    a name the federation never enrolled (copied from a real kit, key and all new)."""
+    source = next(iter(federation.kits.participant_dirs.values()))
+    return _reissued_kit(federation, source, name, out, now=datetime.now(UTC), valid_days=30)
 
 
 @pytest.mark.timeout(400)
