@@ -28,7 +28,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fedshield.storage.db import Database, EnrollmentRow, RevocationRow, check_utc
-from fedshield.storage.identity import REFRESH_S, RevocationRecord
+from fedshield.storage.identity import REFRESH_S, RevocationRecord, VersionPoll
 
 __all__ = ["EnrollmentCache", "EnrollmentRecord", "Enrollments"]
 
@@ -188,20 +188,15 @@ class EnrollmentCache:
         refresh_s: float = REFRESH_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not refresh_s >= 0:
-            raise ValueError(f"refresh_s must be >= 0, got {refresh_s}")
         self._store = enrollments
-        self.refresh_s = refresh_s
-        self._clock = clock
+        self._poll = VersionPoll(enrollments.version, refresh_s=refresh_s, clock=clock)
         self._lock = threading.Lock()
-        self._checked_at: float | None = None
-        self._version = -1
         self._names: frozenset[str] = frozenset()
 
     def invalidate(self) -> None:
         """Forget when the version was last read: the next refresh re-reads it."""
         with self._lock:
-            self._checked_at = None
+            self._poll.invalidate()
 
     def refresh(self) -> frozenset[str]:
         """Re-read the version if it is due; return the names enrolled since the last look.
@@ -211,17 +206,13 @@ class EnrollmentCache:
         StorageError
             If the database cannot be read.
         """
-        now = self._clock()
         with self._lock:
-            if self._checked_at is not None and now - self._checked_at < self.refresh_s:
-                return frozenset()
-            self._checked_at = now
-            version = self._store.version()
-            if version == self._version:
+            version = self._poll.due()
+            if version is None:
                 return frozenset()
             before = self._names
             self._names = frozenset(r.name for r in self._store.list())
-            self._version = version
+            self._poll.loaded(version)
             return self._names - before
 
     @property

@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 
 from fedshield.storage.db import Database, RevocationRow, check_utc
 
-__all__ = ["REFRESH_S", "RevocationCache", "RevocationRecord", "Revocations"]
+__all__ = ["REFRESH_S", "RevocationCache", "RevocationRecord", "Revocations", "VersionPoll"]
 
 REFRESH_S = 1.0
 """How often, at most, a running coordinator re-reads the revocation list's version."""
@@ -151,6 +151,57 @@ class Revocations:
             return [RevocationRecord.from_row(r) for r in rows]
 
 
+class VersionPoll:
+    """When a cache of a table should re-read it: rarely, and only after a change.
+
+    At most every ``refresh_s`` it reads the table's version; the contents are due only
+    if that version differs from the one the cache holds.
+
+    Not thread-safe on its own: call it under the cache's lock.
+
+    Parameters
+    ----------
+    version
+        Reads the table's current version.
+    refresh_s
+        Re-read the version at most this often (seconds, >= 0; 0 reads it every time).
+    clock
+        A monotonic clock in seconds.
+    """
+
+    def __init__(
+        self, version: Callable[[], int], *, refresh_s: float, clock: Callable[[], float]
+    ) -> None:
+        if not refresh_s >= 0:
+            raise ValueError(f"refresh_s must be >= 0, got {refresh_s}")
+        self._read_version = version
+        self.refresh_s = refresh_s
+        self._clock = clock
+        self._checked_at: float | None = None
+        self._version = -1
+
+    def invalidate(self) -> None:
+        """Forget when the version was last read: the next :meth:`due` re-reads it."""
+        self._checked_at = None
+
+    def due(self) -> int | None:
+        """Return the new version if the contents must be re-read, else ``None``.
+
+        Call :meth:`loaded` with it once they were; until then the version counts as
+        not seen, so a failed re-read is tried again.
+        """
+        now = self._clock()
+        if self._checked_at is not None and now - self._checked_at < self.refresh_s:
+            return None
+        self._checked_at = now
+        version = self._read_version()
+        return None if version == self._version else version
+
+    def loaded(self, version: int) -> None:
+        """Record that the contents of ``version`` are now held."""
+        self._version = version
+
+
 class RevocationCache:
     """A cheap per-request view of :class:`Revocations`, refreshed by version.
 
@@ -175,15 +226,10 @@ class RevocationCache:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        if not refresh_s >= 0:
-            raise ValueError(f"refresh_s must be >= 0, got {refresh_s}")
         self._store = revocations
-        self.refresh_s = refresh_s
-        self._clock = clock
+        self._poll = VersionPoll(revocations.version, refresh_s=refresh_s, clock=clock)
         self._wall_clock = wall_clock
         self._lock = threading.Lock()
-        self._checked_at: float | None = None
-        self._version = -1
         self._names: frozenset[str] = frozenset()
         self._fingerprints: dict[str, datetime] = {}
         self._records: tuple[RevocationRecord, ...] = ()
@@ -191,7 +237,7 @@ class RevocationCache:
     def invalidate(self) -> None:
         """Forget when the version was last read: the next lookup re-reads it."""
         with self._lock:
-            self._checked_at = None
+            self._poll.invalidate()
 
     def refresh(self) -> frozenset[str]:
         """Re-read the version if it is due; return names newly revoked as a whole.
@@ -204,18 +250,14 @@ class RevocationCache:
         StorageError
             If the database cannot be read.
         """
-        now = self._clock()
         with self._lock:
-            if self._checked_at is not None and now - self._checked_at < self.refresh_s:
-                return frozenset()
-            self._checked_at = now
-            version = self._store.version()
-            if version == self._version:
+            version = self._poll.due()
+            if version is None:
                 return frozenset()
             records = tuple(self._store.list())
             before = self._names
             self._records = records
-            self._version = version
+            self._poll.loaded(version)
             self._names = frozenset(r.name for r in records if r.fingerprint_sha256 is None)
             fingerprints: dict[str, datetime] = {}
             for r in records:
